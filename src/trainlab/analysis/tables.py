@@ -1,0 +1,48 @@
+"""Study directory -> pandas DataFrames."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..study.store import StudyStore, read_json, read_jsonl
+
+
+def load(study_dir: str | Path) -> pd.DataFrame:
+    """Every metrics record of every trial, one row each, with `trial` and `seed` columns."""
+    store = StudyStore.open(study_dir)
+    frames = []
+    for folder in sorted((store.root / "trials").glob("trial_*")):
+        records = read_jsonl(folder / "metrics.jsonl")
+        if not records:
+            continue
+        try:
+            seed = read_json(folder / "config.json")["seed"]
+        except (OSError, ValueError, KeyError):
+            seed = None
+        frame = pd.DataFrame.from_records(records)
+        frame.insert(0, "trial", int(folder.name.split("_")[1]))
+        frame.insert(1, "seed", seed)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["trial", "seed", "kind", "arm", "step"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_summaries(study_dir: str | Path) -> pd.DataFrame:
+    """One row per (finished trial, arm) with the trial summary's numbers."""
+    rows = []
+    for summary in StudyStore.open(study_dir).summaries():
+        for arm, numbers in summary["arms"].items():
+            rows.append({"trial": summary["index"], "seed": summary["seed"], "arm": arm, **numbers})
+    return pd.DataFrame(rows)
+
+
+def arm_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per arm across trials: mean and std of the final numbers, divergence count."""
+    metrics = ["final_train_loss", "final_test_loss", "final_test_accuracy", "best_test_accuracy", "time_s"]
+    grouped = summaries.groupby("arm", sort=False)
+    table = grouped[metrics].agg(["mean", "std"])
+    table.columns = [f"{m}_{stat}" for m, stat in table.columns]
+    table["trials"] = grouped.size()
+    table["diverged"] = grouped["diverged"].sum().astype(int)
+    return table.reset_index()

@@ -1,0 +1,40 @@
+"""The index stream: which training samples each step uses. One stream feeds every arm."""
+
+import torch
+
+SAMPLERS = ("shuffle", "replacement", "full")
+
+
+class IndexStream:
+    """Yields one LongTensor of sample indices per step from a seeded generator.
+
+    shuffle:      a fresh permutation each epoch, cut into batches, the remainder dropped
+    replacement:  each batch drawn uniformly with replacement
+    full:         every sample, in order, every step (gradient descent)
+    """
+
+    def __init__(self, n: int, batch_size: int, sampler: str, seed: int):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}")
+        if sampler == "shuffle" and batch_size > n:
+            raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
+        self.n, self.batch_size, self.sampler = n, batch_size, sampler
+        self.generator = torch.Generator().manual_seed(seed)
+        self._epoch_batches: list[torch.Tensor] = []
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.sampler == "full":
+            return 1
+        return max(1, self.n // self.batch_size)
+
+    def next_batch(self) -> torch.Tensor:
+        if self.sampler == "full":
+            return torch.arange(self.n)
+        if self.sampler == "replacement":
+            return torch.randint(self.n, (self.batch_size,), generator=self.generator)
+        if not self._epoch_batches:
+            perm = torch.randperm(self.n, generator=self.generator)
+            usable = (self.n // self.batch_size) * self.batch_size
+            self._epoch_batches = list(perm[:usable].split(self.batch_size))[::-1]
+        return self._epoch_batches.pop()

@@ -1,0 +1,28 @@
+"""Hook points of a trial. The trainer knows nothing about faults, diagnostics or privacy:
+they subclass Hook and act at these named moments.
+
+Order within one step, for each live arm in turn:
+    before_step -> forward/backward -> after_backward -> optimizer step -> after_step
+then, every `plan.eval_every` steps and at the end, on_eval once for the whole trial.
+`step` is the number of the update being made (1-based); step 0 is the initial state.
+"""
+
+
+class Hook:
+    def on_start(self, trial) -> None:
+        """After models and optimizers are built, before the first step."""
+
+    def before_step(self, trial, arm, step: int) -> None:
+        """Before the forward pass of update `step`."""
+
+    def after_backward(self, trial, arm, step: int) -> None:
+        """Gradients are in `p.grad`; the optimizer has not stepped."""
+
+    def after_step(self, trial, arm, step: int) -> None:
+        """The optimizer has stepped; the weights are those after update `step`."""
+
+    def on_eval(self, trial, step: int) -> None:
+        """After every arm was evaluated at `step` (arm.last_eval holds the numbers)."""
+
+    def on_end(self, trial) -> None:
+        """After the last step and the final evaluation."""

@@ -1,0 +1,262 @@
+"""The lock-step trainer: every arm of a trial starts from the same weights and sees the same
+batches, so any difference between arms is the optimizer's (or its option's) doing.
+
+One Trial = task x arms x plan x events x probes with one seed. It writes records through a
+`sink` (anything with log(dict) and flush()) and returns a summary dict.
+"""
+
+import copy
+import hashlib
+import json
+import math
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import plugins
+from ..data.samplers import IndexStream
+from ..errors import SpecError, UserError
+from ..optim import build_optimizer, lr_factor, set_lr_factor
+from ..tasks import perplexity, sample_text
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit seed for one purpose ('init', 'data', ...) derived from the trial seed."""
+    digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def load_weights(path: str | Path) -> dict:
+    """A state_dict from a checkpoint file, never executing code from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {str(path)!r} not found") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {str(path)!r} refused: not a weights-only torch file ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds no state_dict")
+    return state
+
+
+@dataclass
+class ArmState:
+    name: str
+    spec: dict
+    model: nn.Module
+    optimizer: object
+    full_batch: bool
+    diverged_step: int | None = None
+    diverged_reason: str | None = None
+    time_s: float = 0.0
+    last_train: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    best_eval_accuracy: float = -math.inf
+
+    @property
+    def alive(self) -> bool:
+        return self.diverged_step is None
+
+
+class Trial:
+    def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None):
+        self.spec = spec
+        self.seed = spec["seed"]
+        self.plan = spec["plan"]
+        self.sink = sink
+        self.artifact_dir = artifact_dir
+        self.progress = progress
+        self.task = plugins.tasks.get(spec["task"]["name"], "task.name")
+        self.options = self.task.Options(**{k: v for k, v in spec["task"].items() if k != "name"})
+        self.device = self._device(self.plan["device"])
+        self.dtype = DTYPES[self.plan["dtype"]]
+        self.data = self.task.load(self.options)
+        self.x_train, self.y_train = self._to_device(self.data.x_train, self.data.y_train)
+        self.x_test, self.y_test = self._to_device(self.data.x_test, self.data.y_test)
+        try:
+            self.stream = IndexStream(self.data.n_train, self.plan["batch_size"], self.plan["sampler"],
+                                      derive_seed(self.seed, "data"))
+        except ValueError as exc:
+            raise SpecError("plan.batch_size", str(exc)) from None
+        self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
+        initial = self._initial_model()
+        self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
+        self.hooks = [plugins.events.get(e["kind"]).make(e) for e in spec["events"]]
+        self.hooks += [plugins.probes.get(p["kind"]).make(p) for p in spec["probes"]]
+        self.step = 0
+
+    # ------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _device(name: str) -> torch.device:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise SpecError("plan.device", f"{name!r} requested but this torch sees no CUDA device; use 'cpu'")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise SpecError("plan.device", "'mps' requested but it is not available; use 'cpu'")
+        return torch.device(name)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        return x.to(self.device), y.to(self.device)
+
+    def _initial_model(self) -> nn.Module:
+        """Built once from the 'init' seed (in float32, then cast), or loaded from init_from."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "init"))
+            model = self.task.make_model(self.options, self.data)
+        if self.plan["init_from"]:
+            try:
+                model.load_state_dict(load_weights(self.plan["init_from"]))
+            except RuntimeError as exc:
+                raise SpecError("plan.init_from", f"checkpoint does not fit the model: {str(exc).splitlines()[0]}") from None
+        return model.to(device=self.device, dtype=self.dtype)
+
+    def _make_arm(self, arm: dict, initial: nn.Module) -> ArmState:
+        model = copy.deepcopy(initial)
+        model.train()
+        entry = plugins.optimizers.get(arm["optimizer"])
+        return ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch)
+
+    # ------------------------------------------------------------ records
+
+    def log(self, record: dict) -> None:
+        if self.sink is not None:
+            self.sink.log(record)
+
+    def _hooks(self, point: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, point)(self, *args)
+
+    # ------------------------------------------------------------ training
+
+    def run(self) -> dict:
+        self._hooks("on_start")
+        self.evaluate(0)
+        for step in range(1, self.total_steps + 1):
+            self.step = step
+            indices = self.stream.next_batch()  # one draw per step, shared by every arm
+            for arm in self.arms:
+                if arm.alive:
+                    self.train_step(arm, step, indices)
+            if step % self.plan["eval_every"] == 0 or step == self.total_steps:
+                self.evaluate(step)
+            if self.sink is not None:
+                self.sink.flush()
+            if self.progress is not None:
+                self.progress.update(1)
+                if step % 10 == 0 or step == self.total_steps:
+                    self.progress.set_postfix_str(self._progress_text(), refresh=False)
+            if not any(arm.alive for arm in self.arms):
+                break
+        self._hooks("on_end")
+        if self.sink is not None:
+            self.sink.flush()
+        return self.summary()
+
+    def batch(self, arm: ArmState, indices: torch.Tensor):
+        if arm.full_batch:
+            return self.x_train, self.y_train
+        indices = indices.to(self.device)
+        return self.x_train[indices], self.y_train[indices]
+
+    def train_step(self, arm: ArmState, step: int, indices: torch.Tensor) -> None:
+        started = time.perf_counter()
+        set_lr_factor(arm.optimizer, lr_factor(arm.spec["schedule"], step - 1, self.total_steps))
+        self._hooks("before_step", arm, step)
+        x, y = self.batch(arm, indices)
+        # stochastic layers (dropout) draw the same numbers in every arm
+        torch.manual_seed(derive_seed(self.seed, "forward", step))
+        arm.optimizer.zero_grad(set_to_none=True)
+        output = arm.model(x)
+        loss = self.task.loss(output, y)
+        loss.backward()
+        self._hooks("after_backward", arm, step)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            self.mark_diverged(arm, step, f"training loss is {loss_value}")
+            return
+        arm.optimizer.step()
+        self._hooks("after_step", arm, step)
+        correct, count = self.task.count_correct(output.detach(), y)
+        arm.last_train = {"loss": loss_value, "accuracy": correct.item() / count}
+        arm.time_s += time.perf_counter() - started
+        self.log({"kind": "train", "arm": arm.name, "step": step, **arm.last_train,
+                  "lr": arm.optimizer.param_groups[0]["lr"]})
+        if not self.weights_finite(arm):
+            self.mark_diverged(arm, step, "weights became non-finite")
+
+    @staticmethod
+    def weights_finite(arm: ArmState) -> bool:
+        with torch.no_grad():
+            return bool(torch.stack([torch.isfinite(p).all() for p in arm.model.parameters()]).all())
+
+    def mark_diverged(self, arm: ArmState, step: int, reason: str) -> None:
+        arm.diverged_step, arm.diverged_reason = step, reason
+        self.log({"kind": "event", "event": "diverged", "arm": arm.name, "step": step, "reason": reason})
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> None:
+        for arm in self.arms:
+            if arm.alive:
+                arm.last_eval = self.evaluate_model(arm.model)
+                arm.best_eval_accuracy = max(arm.best_eval_accuracy, arm.last_eval["accuracy"])
+                self.log({"kind": "eval", "arm": arm.name, "step": step, **arm.last_eval})
+        self._hooks("on_eval", step)
+
+    @torch.no_grad()
+    def evaluate_model(self, model: nn.Module) -> dict:
+        """Loss and accuracy on the held-out split (model in eval mode, restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        total_loss, correct, count, items = 0.0, 0, 0, 0
+        size = self.plan["eval_batch_size"]
+        for start in range(0, len(self.y_test), size):
+            x, y = self.x_test[start:start + size], self.y_test[start:start + size]
+            output = model(x)
+            total_loss += self.task.loss(output, y, reduction="sum").item()
+            hits, n = self.task.count_correct(output, y)
+            correct, count, items = correct + hits.item(), count + n, items + y.numel()
+        model.train(was_training)
+        loss = total_loss / items
+        result = {"loss": loss, "accuracy": correct / count}
+        if self.task.language_model:
+            result["perplexity"] = perplexity(loss)
+        return result
+
+    # ------------------------------------------------------------ summary
+
+    def summary(self) -> dict:
+        arms = {}
+        for arm in self.arms:
+            arms[arm.name] = {
+                "optimizer": arm.spec["optimizer"],
+                "final_train_loss": arm.last_train.get("loss"),
+                "final_train_accuracy": arm.last_train.get("accuracy"),
+                "final_test_loss": arm.last_eval.get("loss"),
+                "final_test_accuracy": arm.last_eval.get("accuracy"),
+                "best_test_accuracy": arm.best_eval_accuracy if arm.best_eval_accuracy > -math.inf else None,
+                "diverged": not arm.alive,
+                "diverged_step": arm.diverged_step,
+                "diverged_reason": arm.diverged_reason,
+                "time_s": round(arm.time_s, 4),
+            }
+            if self.task.language_model and arm.alive:
+                arms[arm.name]["sample"] = sample_text(arm.model, " ", 64, 0.8, derive_seed(self.seed, "sample"))
+        return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
+                "data_source": self.data.source, "arms": arms}
+
+    def _progress_text(self) -> str:
+        return " ".join(f"{a.name}={a.last_train.get('loss', float('nan')):.3g}" if a.alive else f"{a.name}=diverged"
+                        for a in self.arms)

@@ -1,0 +1,63 @@
+"""Errors a user can fix. The CLI prints them on one line and exits with code 2."""
+
+import typing
+
+
+class UserError(Exception):
+    """Bad input: a spec field, a flag, a file. The message names what and what is allowed."""
+
+
+class SpecError(UserError):
+    """A spec field failed validation; `path` is the dotted field path (e.g. 'arms.0.lr')."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def spec_error_from_pydantic(err, prefix: str = "", model=None) -> SpecError:
+    """Turn the first pydantic error into a SpecError whose path starts with `prefix`."""
+    errors = err.errors()
+    first = errors[0]
+    loc = [p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    path = ".".join(str(p) for p in [prefix, *loc] if p != "")
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+        allowed = _fields_at(model or _model_of(err), loc[:-1])
+        if allowed:
+            msg += f" (allowed here: {', '.join(allowed)})"
+    elif first["type"] == "missing":
+        msg = "required field is missing"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return SpecError(path, msg)
+
+
+def _model_of(err):
+    from . import spec
+
+    return getattr(spec, err.title, None)
+
+
+def _fields_at(model, loc) -> list[str]:
+    """The field names of the (nested) model found by following `loc` from `model`."""
+    for key in loc:
+        if model is None:
+            return []
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(key)
+        model = _inner_model(field.annotation) if field else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _inner_model(annotation):
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None

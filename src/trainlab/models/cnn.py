@@ -1,0 +1,18 @@
+"""A tiny CNN: conv 3x3 (no bias) + BatchNorm + SiLU, global average pool, two linears."""
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, channels: int = 12, hidden: int = 11, classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.silu(self.bn(self.conv(images)))
+        x = x.mean(dim=(2, 3))  # global average pool
+        return self.fc2(nn.functional.silu(self.fc1(x)))

@@ -1,0 +1,162 @@
+"""The optimizer registry. Each entry validates its hyperparameters and builds an optimizer.
+
+Every optimizer is built on the parameters of one model; its param groups carry `base_lr`
+so that schedules (and later mitigations) can rescale them uniformly.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..registry import Registry
+from ..spec import Strict
+from .muon import muon_class, split_for_muon
+
+OPTIMIZERS = Registry("optimizer")
+
+
+@dataclass(frozen=True)
+class OptimizerDef:
+    Hparams: type[Strict]
+    build: Callable[[nn.Module, float, dict], torch.optim.Optimizer]
+    full_batch: bool = False  # gd: every step sees the whole training set
+    doc: str = ""
+
+
+class OptimizerGroup:
+    """Several optimizers acting as one (Muon + AdamW): step, zero_grad, state, state_dict."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+
+
+def with_base_lr(optimizer):
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    return optimizer
+
+
+def build_optimizer(arm: dict, model: nn.Module):
+    """Build the optimizer an (resolved) arm spec describes, for `model`."""
+    entry = OPTIMIZERS.get(arm["optimizer"])
+    hparams = {k: arm[k] for k in entry.Hparams.model_fields}
+    return with_base_lr(entry.build(model, arm["lr"], hparams))
+
+
+# ---------------------------------------------------------------- entries
+
+
+class SGDHparams(Strict):
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    dampening: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening 0")
+        return self
+
+
+def _sgd(model, lr, hp):
+    return torch.optim.SGD(model.parameters(), lr=lr, **hp)
+
+
+OPTIMIZERS.register("sgd", OptimizerDef(SGDHparams, _sgd, doc="stochastic gradient descent on minibatches"))
+OPTIMIZERS.register("gd", OptimizerDef(SGDHparams, _sgd, full_batch=True,
+                                       doc="gradient descent: SGD on the whole training set each step"))
+
+
+class AdamHparams(Strict):
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    amsgrad: bool = False
+
+
+class AdamWHparams(AdamHparams):
+    weight_decay: float = Field(0.01, ge=0)
+
+
+def _adam_like(cls):
+    def build(model, lr, hp):
+        return cls(model.parameters(), lr=lr, betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                   weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"])
+    return build
+
+
+OPTIMIZERS.register("adam", OptimizerDef(AdamHparams, _adam_like(torch.optim.Adam), doc="Adam (L2 weight decay)"))
+OPTIMIZERS.register("adamw", OptimizerDef(AdamWHparams, _adam_like(torch.optim.AdamW),
+                                          doc="AdamW (decoupled weight decay)"))
+
+
+class RMSpropHparams(Strict):
+    alpha: float = Field(0.99, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    centered: bool = False
+
+
+OPTIMIZERS.register("rmsprop", OptimizerDef(
+    RMSpropHparams, lambda model, lr, hp: torch.optim.RMSprop(model.parameters(), lr=lr, **hp), doc="RMSprop"))
+
+
+class MuonHparams(Strict):
+    momentum: float = Field(0.95, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.1, ge=0)
+    ns_steps: int = Field(5, gt=0, lt=100)
+    adjust_lr_fn: Literal["original", "match_rms_adamw"] = "original"
+    adamw_lr_ratio: float = Field(0.1, gt=0, description="AdamW lr = lr * adamw_lr_ratio")
+    adamw_beta1: float = Field(0.9, ge=0, lt=1)
+    adamw_beta2: float = Field(0.95, ge=0, lt=1)
+    adamw_eps: float = Field(1e-8, gt=0)
+    adamw_weight_decay: float = Field(0.0, ge=0)
+
+
+def _muon(model, lr, hp):
+    hidden, other = split_for_muon(model)
+    parts = []
+    if hidden:
+        parts.append(muon_class()(hidden, lr=lr, weight_decay=hp["weight_decay"], momentum=hp["momentum"],
+                                  nesterov=hp["nesterov"], ns_steps=hp["ns_steps"],
+                                  adjust_lr_fn=hp["adjust_lr_fn"]))
+    if other:
+        parts.append(torch.optim.AdamW(other, lr=lr * hp["adamw_lr_ratio"], betas=(hp["adamw_beta1"], hp["adamw_beta2"]),
+                                       eps=hp["adamw_eps"], weight_decay=hp["adamw_weight_decay"]))
+    for opt in parts:
+        with_base_lr(opt)
+    return OptimizerGroup(parts)
+
+
+OPTIMIZERS.register("muon", OptimizerDef(MuonHparams, _muon,
+                                         doc="Muon on hidden 2-D weights, AdamW (lr * adamw_lr_ratio) on the rest"))

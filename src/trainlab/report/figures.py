@@ -1,0 +1,39 @@
+"""Figures for reports (matplotlib, Agg backend: no display needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
+    """Training/held-out loss (log scale) and held-out accuracy per arm, averaged over trials."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    train = metrics[metrics["kind"] == "train"]
+    evals = metrics[metrics["kind"] == "eval"]
+    for i, arm in enumerate(pd.unique(metrics["arm"].dropna())):
+        color = colors[i % len(colors)]
+        tr = train[train["arm"] == arm].groupby("step")["loss"].mean()
+        if len(tr):
+            ax_loss.plot(tr.index, tr.rolling(smooth, min_periods=1).mean(), color=color, alpha=0.45, lw=1,
+                         label=f"{arm} train")
+        ev = evals[evals["arm"] == arm].groupby("step")[["loss", "accuracy"]].mean()
+        if len(ev):
+            ax_loss.plot(ev.index, ev["loss"], color=color, lw=2, marker="o", ms=3, label=f"{arm} held-out")
+            ax_acc.plot(ev.index, ev["accuracy"], color=color, lw=2, marker="o", ms=3, label=arm)
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss (train smoothed, held-out)")
+    if (metrics.get("loss", pd.Series(dtype=float)) > 0).any():
+        ax_loss.set_yscale("log")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="held-out accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""report.md: what was run, on which data, and how each arm did (tables + figure)."""
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from ..analysis.tables import arm_table, load, load_summaries
+from ..study.store import StudyStore
+from .figures import curves_figure
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(row, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    return fmt(mean) if row["trials"] < 2 else f"{fmt(mean)} ± {fmt(std, 2)}"
+
+
+def build_report(study_dir: str | Path) -> Path:
+    """Rebuild report.md and figures/ from the stored metrics and summaries."""
+    store = StudyStore.open(study_dir)
+    spec = store.spec
+    summaries = load_summaries(store.root)
+    metrics = load(store.root)
+    finished = summaries["trial"].nunique() if len(summaries) else 0
+    plan = spec["plan"]
+    arms = ", ".join(f"`{a['name']}` ({a['optimizer']}, lr {a['lr']})" for a in spec["arms"])
+    lines = [
+        f"# {spec['name']}",
+        "",
+        f"- task: `{spec['task']['name']}`; data: {_data_sources(store)}",
+        f"- arms: {arms}",
+        f"- plan: {plan['steps'] or plan['epochs']} {'steps' if plan['steps'] else 'epochs'}, batch {plan['batch_size']}, "
+        f"sampler {plan['sampler']}, {plan['dtype']} on {plan['device']}, held-out evaluation every {plan['eval_every']} steps",
+        f"- trials finished: {finished} of {len(store.meta.get('trials', []))}",
+        f"- trainlab {store.meta.get('trainlab')}, torch {store.meta.get('torch')}, git {store.meta.get('git_revision') or '-'}",
+        "",
+    ]
+    if finished:
+        table = arm_table(summaries)
+        lines += ["## Arms", "", "Mean over trials (± standard deviation when there are several).", ""]
+        rows = [[r["arm"], mean_std(r, "final_train_loss"), mean_std(r, "final_test_loss"),
+                 mean_std(r, "final_test_accuracy"), mean_std(r, "best_test_accuracy"), f"{r['diverged']}/{r['trials']}",
+                 mean_std(r, "time_s")] for _, r in table.iterrows()]
+        lines += [markdown_table(["arm", "final train loss", "held-out loss", "held-out accuracy",
+                                  "best held-out accuracy", "diverged", "train time (s)"], rows), ""]
+        best = table.sort_values("final_test_accuracy_mean", ascending=False).iloc[0]
+        lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
+        curves_figure(metrics, store.root / "figures" / "curves.png")
+        lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
+        lines += _divergences(summaries) + _samples(summaries)
+    else:
+        lines += ["No trial has finished yet.", ""]
+    return _write_text(store.root / "report.md", "\n".join(lines))
+
+
+def _data_sources(store: StudyStore) -> str:
+    sources = {s.get("data_source") for s in store.summaries()} - {None}
+    return "; ".join(sorted(sources)) or "-"
+
+
+def _divergences(summaries) -> list[str]:
+    diverged = summaries[summaries["diverged"]]
+    if diverged.empty:
+        return []
+    rows = [[r["trial"], r["arm"], r["diverged_step"], r["diverged_reason"]] for _, r in diverged.iterrows()]
+    return ["## Divergence", "", markdown_table(["trial", "arm", "step", "reason"], rows), ""]
+
+
+def _samples(summaries) -> list[str]:
+    if "sample" not in summaries:
+        return []
+    first = summaries[summaries["trial"] == summaries["trial"].min()]
+    lines = ["## Samples (first trial, temperature 0.8)", ""]
+    lines += [f"- `{r['arm']}`: `{r['sample']}`" for _, r in first.iterrows() if isinstance(r["sample"], str)]
+    return lines + [""]
+
+
+def _write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path

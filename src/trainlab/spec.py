@@ -1,0 +1,277 @@
+"""The study spec: pydantic models, file loading and `--set path=value` overrides.
+
+A spec is validated in two passes. The first checks the fixed shape (plan, sweep, output).
+The second hands the open parts (task options, optimizer hyperparameters, events, probes)
+to the registry entry they name, which validates them with its own model. The result is a
+plain dict with every default filled in: the *resolved* spec stored in study.json.
+"""
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError, UserError, spec_error_from_pydantic
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Open(BaseModel):
+    """Fixed fields plus extra ones that a registry entry validates in the second pass."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class TaskSpec(Open):
+    name: str = "mnist-mlp"
+
+
+class ScheduleSpec(Strict):
+    kind: Literal["constant", "step", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(100, gt=0, description="step: decay every step_size steps")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor")
+    min_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr / lr")
+
+
+class ArmSpec(Open):
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    optimizer: str
+    lr: float = Field(gt=0)
+    schedule: ScheduleSpec = ScheduleSpec()
+
+
+class PlanSpec(Strict):
+    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, gt=0)
+    sampler: Literal["shuffle", "replacement", "full"] = "shuffle"
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+    eval_every: int = Field(50, gt=0)
+    eval_batch_size: int = Field(4096, gt=0)
+    init_from: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give plan.steps or plan.epochs, not both")
+        if self.steps is None and self.epochs is None:
+            self.steps = 100
+        return self
+
+
+class EventSpec(Open):
+    kind: str
+
+
+class ProbeSpec(Open):
+    kind: str
+    every: int = Field(50, gt=0, description="run the probe every `every` steps")
+
+
+class SweepSpec(Strict):
+    repeats: int = Field(1, gt=0, le=100_000)
+    seeds: list[int] | None = Field(None, min_length=1)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid):
+        for path, values in grid.items():
+            if not values:
+                raise ValueError(f"grid entry {path!r} has no values")
+        return grid
+
+
+class OutputSpec(Strict):
+    root: str = "runs"
+    report: bool = True
+
+
+class StudySpec(Strict):
+    name: str = Field("study", pattern=NAME_PATTERN)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    task: TaskSpec = TaskSpec()
+    arms: list[ArmSpec] = Field(min_length=1)
+    plan: PlanSpec = PlanSpec()
+    events: list[EventSpec] = Field(default_factory=list)
+    probes: list[ProbeSpec] = Field(default_factory=list)
+    sweep: SweepSpec = SweepSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _unique_arm_names(self):
+        seen = set()
+        for i, arm in enumerate(self.arms):
+            if arm.name is None:
+                arm.name = arm.optimizer
+            if arm.name in seen:
+                raise ValueError(f"arms.{i}.name: duplicate arm name {arm.name!r}; give each arm a unique name")
+            seen.add(arm.name)
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """Read a YAML or JSON spec file into a dict; every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"spec file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed JSON in {str(path)!r}: line {exc.lineno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f"line {where.line + 1}: " if where else ""
+        raise UserError(f"malformed YAML in {str(path)!r}: {line}{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"spec file {str(path)!r} must hold a mapping of fields (task, arms, plan, ...)")
+    return data
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """'plan.steps=20' -> ('plan.steps', 20). Values are YAML scalars or flow lists/maps."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected path.to.field=value")
+    path, raw = assignment.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", path):
+        raise UserError(f"--set {assignment!r}: field path must be dotted names or list indices")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def set_path(data: dict, path: str, value: Any) -> None:
+    """Set a dotted path in nested dicts/lists. A list element is named by index or by `name`."""
+    keys = path.split(".")
+    node = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        here = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, key, here)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if not isinstance(node.get(key), (dict, list)):
+                    node[key] = {}
+                node = node[key]
+        else:
+            raise SpecError(here, f"cannot set a field inside a {type(node).__name__}")
+
+
+def _list_index(items: list, key: str, path: str) -> int:
+    if key.lstrip("-").isdigit():
+        index = int(key)
+        if not -len(items) <= index < len(items):
+            raise SpecError(path, f"index {index} out of range (the list has {len(items)} items)")
+        return index
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and key in (item.get("name"), item.get("kind"), item.get("optimizer")):
+            return i
+    raise SpecError(path, f"no list item named {key!r}")
+
+
+def load_spec(source: str | Path | dict, overrides: list[str] | dict | None = None) -> dict:
+    """Read, override and validate a spec. Returns the resolved spec as a plain dict."""
+    data = copy.deepcopy(source) if isinstance(source, dict) else read_spec_file(source)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_set, overrides or [])
+    for path, value in items:
+        set_path(data, path, value)
+    return resolve(data)
+
+
+def resolve(data: dict) -> dict:
+    """Validate both passes and return the spec with every default filled in."""
+    from . import plugins  # registries fill up on import
+
+    _reject_non_finite(data, "")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise spec_error_from_pydantic(err) from None
+    resolved = spec.model_dump(mode="json")
+    task = plugins.tasks.get(spec.task.name, "task.name")
+    resolved["task"] = {"name": spec.task.name, **validate_options(task.Options, spec.task.model_extra, "task")}
+    for i, arm in enumerate(spec.arms):
+        optimizer = plugins.optimizers.get(arm.optimizer, f"arms.{i}.optimizer")
+        hparams = validate_options(optimizer.Hparams, arm.model_extra, f"arms.{i}")
+        resolved["arms"][i] = {**arm.model_dump(mode="json", exclude=set(arm.model_extra)), **hparams}
+    for field, registry in (("events", plugins.events), ("probes", plugins.probes)):
+        for i, item in enumerate(getattr(spec, field)):
+            entry = registry.get(item.kind, f"{field}.{i}.kind")
+            fixed = item.model_dump(mode="json", exclude=set(item.model_extra))
+            resolved[field][i] = {**fixed, **validate_options(entry.Options, item.model_extra, f"{field}.{i}")}
+    for path in spec.sweep.grid:
+        _check_sweep_path(resolved, path)
+    return resolved
+
+
+def validate_options(model: type[BaseModel], values: dict | None, prefix: str) -> dict:
+    try:
+        return model.model_validate(values or {}).model_dump(mode="json")
+    except ValidationError as err:
+        error = spec_error_from_pydantic(err, prefix)
+        if "unknown field" in error.message and "allowed" not in error.message:
+            allowed = ", ".join(sorted(model.model_fields)) or "none"
+            error = SpecError(error.path, f"{error.message} (allowed here: {allowed})")
+        raise error from None
+
+
+def _reject_non_finite(node: Any, path: str) -> None:
+    """NaN and infinity are never valid hyperparameters; say where one was found."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise SpecError(path, f"must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _reject_non_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _reject_non_finite(value, f"{path}.{i}" if path else str(i))
+
+
+def _check_sweep_path(resolved: dict, path: str) -> None:
+    if path.split(".")[0] in ("sweep", "output", "name"):
+        raise SpecError(f"sweep.grid.{path}", "sweep, output and name cannot be swept")
+    probe = copy.deepcopy(resolved)
+    try:
+        set_path(probe, path, None)
+    except SpecError as err:
+        raise SpecError(f"sweep.grid.{path}", err.message) from None
+
+
+def dump_yaml(spec: dict) -> str:
+    return yaml.safe_dump(spec, sort_keys=False)

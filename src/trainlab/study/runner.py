@@ -1,0 +1,80 @@
+"""run_study / resume_study: spec -> trials -> executor -> store -> report."""
+
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..engine import Trial
+from ..errors import UserError
+from .executor import InlineExecutor
+from .store import StudyStore
+from .sweep import TrialPlan, expand
+
+
+def preflight(plans: list[TrialPlan]) -> None:
+    """Build (not train) one trial per distinct task/plan/arms so data, device, batch size
+    and checkpoints are checked before anything is written."""
+    seen = set()
+    for plan in plans:
+        signature = repr((plan.spec["task"], plan.spec["plan"], plan.spec["arms"]))
+        if signature not in seen:
+            seen.add(signature)
+            Trial(plan.spec)
+
+
+def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool) -> dict:
+    writer = store.start_trial(plan)
+    bar = None if quiet else tqdm(desc=f"trial {plan.index + 1}/{total}", unit="step", leave=False,
+                                  file=sys.stderr, dynamic_ncols=True)
+    try:
+        trial = Trial(plan.spec, sink=writer, artifact_dir=store.trial_dir(plan.index), progress=bar)
+        if bar is not None:
+            bar.total = trial.total_steps
+        summary = trial.run()
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    store.finish_trial(plan, summary)
+    return summary
+
+
+def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, executor=None) -> None:
+    todo = [plan for plan in plans if not store.finished(plan)]
+    if not quiet:
+        done = len(plans) - len(todo)
+        print(f"study {store.root}: {len(plans)} trial(s), {done} already finished", file=sys.stderr)
+    (executor or InlineExecutor()).run(todo, lambda plan: run_trial(store, plan, len(plans), quiet))
+
+
+def run_study(spec: dict, quiet: bool = False) -> Path:
+    """Run a resolved spec as a new study; returns its directory."""
+    plans = expand(spec)
+    preflight(plans)
+    store = StudyStore.create(spec, plans)
+    execute(store, plans, quiet)
+    finish(store, quiet)
+    return store.root
+
+
+def resume_study(path: str | Path, quiet: bool = False) -> Path:
+    """Run only the unfinished trials of an existing study."""
+    store = StudyStore.open(path)
+    plans = expand(store.spec)
+    stored = [t["key"] for t in store.meta.get("trials", [])]
+    if stored != [plan.key for plan in plans]:
+        raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
+                        "another trainlab version?); start a new study instead")
+    execute(store, plans, quiet)
+    finish(store, quiet)
+    return store.root
+
+
+def finish(store: StudyStore, quiet: bool) -> None:
+    if store.spec["output"]["report"]:
+        from ..report import build_report
+
+        report = build_report(store.root)
+        if not quiet:
+            print(f"report: {report}", file=sys.stderr)

@@ -1,0 +1,177 @@
+"""The study directory.
+
+    runs/<name>-<YYYYMMDD_HHMMSS>/
+      study.json                resolved spec, versions, git revision, the trial list
+      trials/trial_0000/
+        config.json             the trial's resolved spec, key and seed
+        metrics.jsonl           one JSON record per line, appended and flushed while training
+        summary.json            written atomically when the trial ends: its presence = finished
+        checkpoints/ ...        artifacts
+      report.md, figures/
+
+Writes that must never be seen half-done (JSON summaries, study.json) go to a temporary
+file in the same directory, are fsynced, then renamed over the target.
+"""
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .sweep import TrialPlan
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, allow_nan=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a metrics stream. A torn or garbled line (a writer killed mid-append, a
+    reader racing a writer) is skipped, never fatal."""
+    records = []
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except FileNotFoundError:
+        pass
+    return records
+
+
+class MetricsWriter:
+    """Appends records to metrics.jsonl; `flush` pushes them to the OS so readers see them."""
+
+    def __init__(self, path: Path):
+        self.fh = open(path, "w", encoding="utf-8")
+        self.pending: list[str] = []
+
+    def log(self, record: dict) -> None:
+        self.pending.append(json.dumps(record, allow_nan=True))
+
+    def flush(self) -> None:
+        if self.pending:
+            self.fh.write("\n".join(self.pending) + "\n")
+            self.pending.clear()
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.fh.close()
+
+
+def git_revision() -> str | None:
+    """The git revision of the trainlab source tree, when it is a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    from .. import __version__
+
+    return {"trainlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "git_revision": git_revision()}
+
+
+class StudyStore:
+    def __init__(self, root: Path, meta: dict):
+        self.root = Path(root)
+        self.meta = meta
+
+    @property
+    def spec(self) -> dict:
+        return self.meta["spec"]
+
+    @classmethod
+    def create(cls, spec: dict, plans: list[TrialPlan]) -> "StudyStore":
+        stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+        parent = Path(spec["output"]["root"])
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            root = parent / f"{spec['name']}-{stamp}"
+            suffix = 1
+            while True:
+                try:
+                    root.mkdir()
+                    break
+                except FileExistsError:
+                    suffix += 1
+                    root = parent / f"{spec['name']}-{stamp}-{suffix}"
+        except OSError as exc:
+            raise UserError(f"output.root: cannot create the study directory in {str(parent)!r}: {exc.strerror}") from None
+        meta = {"created": dt.datetime.now().isoformat(timespec="seconds"), **environment(), "spec": spec,
+                "trials": [plan.describe() for plan in plans]}
+        (root / "trials").mkdir()
+        atomic_write_json(root / "study.json", meta)
+        return cls(root, meta)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "StudyStore":
+        root = Path(root)
+        if not (root / "study.json").is_file():
+            raise UserError(f"{str(root)!r} is not a study directory (no study.json)")
+        try:
+            meta = read_json(root / "study.json")
+        except (ValueError, OSError) as exc:
+            raise UserError(f"{str(root / 'study.json')!r} cannot be read: {exc}") from None
+        return cls(root, meta)
+
+    def trial_dir(self, index: int) -> Path:
+        return self.root / "trials" / f"trial_{index:04d}"
+
+    def finished(self, plan: TrialPlan) -> bool:
+        path = self.trial_dir(plan.index) / "summary.json"
+        try:
+            return read_json(path).get("key") == plan.key
+        except (OSError, ValueError):
+            return False
+
+    def start_trial(self, plan: TrialPlan) -> MetricsWriter:
+        """(Re)start a trial from scratch: an unfinished trial's partial stream is replaced."""
+        folder = self.trial_dir(plan.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").unlink(missing_ok=True)
+        atomic_write_json(folder / "config.json", {**plan.describe(), "spec": plan.spec})
+        return MetricsWriter(folder / "metrics.jsonl")
+
+    def finish_trial(self, plan: TrialPlan, summary: dict) -> None:
+        atomic_write_json(self.trial_dir(plan.index) / "summary.json", {"index": plan.index, "key": plan.key, **summary})
+
+    def summaries(self) -> list[dict]:
+        out = []
+        for folder in sorted((self.root / "trials").glob("trial_*")):
+            try:
+                out.append(read_json(folder / "summary.json"))
+            except (OSError, ValueError):
+                continue
+        return out
