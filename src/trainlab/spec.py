@@ -118,19 +118,24 @@ class StudySpec(Strict):
     sweep: SweepSpec = SweepSpec()
     output: OutputSpec = OutputSpec()
 
-    @model_validator(mode="after")
-    def _unique_arm_names(self):
-        seen = set()
-        for i, arm in enumerate(self.arms):
-            if arm.name is None:
-                arm.name = arm.optimizer
-            if arm.name in seen:
-                raise ValueError(f"arms.{i}.name: duplicate arm name {arm.name!r}; give each arm a unique name")
-            seen.add(arm.name)
-        return self
-
 
 # ---------------------------------------------------------------- loading
+
+
+class SpecLoader(yaml.SafeLoader):
+    """Safe YAML, but `1e-3` is a float as in YAML 1.2 (YAML 1.1 reads it as a string)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
 
 
 def read_spec_file(path: str | Path) -> dict:
@@ -143,7 +148,7 @@ def read_spec_file(path: str | Path) -> dict:
     except UnicodeDecodeError as exc:
         raise UserError(f"spec file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else parse_yaml(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON in {str(path)!r}: line {exc.lineno}: {exc.msg}") from None
     except yaml.YAMLError as exc:
@@ -163,7 +168,7 @@ def parse_set(assignment: str) -> tuple[str, Any]:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", path):
         raise UserError(f"--set {assignment!r}: field path must be dotted names or list indices")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -223,6 +228,7 @@ def resolve(data: dict) -> dict:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
         raise spec_error_from_pydantic(err) from None
+    _name_arms(spec.arms)
     resolved = spec.model_dump(mode="json")
     task = plugins.tasks.get(spec.task.name, "task.name")
     resolved["task"] = {"name": spec.task.name, **validate_options(task.Options, spec.task.model_extra, "task")}
@@ -238,6 +244,16 @@ def resolve(data: dict) -> dict:
     for path in spec.sweep.grid:
         _check_sweep_path(resolved, path)
     return resolved
+
+
+def _name_arms(arms: list[ArmSpec]) -> None:
+    """An arm without a name is named after its optimizer; names must be unique."""
+    seen = set()
+    for i, arm in enumerate(arms):
+        arm.name = arm.name or arm.optimizer
+        if arm.name in seen:
+            raise SpecError(f"arms.{i}.name", f"duplicate arm name {arm.name!r}; give each arm a unique name")
+        seen.add(arm.name)
 
 
 def validate_options(model: type[BaseModel], values: dict | None, prefix: str) -> dict:

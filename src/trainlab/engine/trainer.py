@@ -61,6 +61,7 @@ class ArmState:
     last_train: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
     best_eval_accuracy: float = -math.inf
+    batch: tuple | None = None  # (inputs, targets) of the current step; hooks may read or replace it
 
     @property
     def alive(self) -> bool:
@@ -93,6 +94,7 @@ class Trial:
         self.hooks = [plugins.events.get(e["kind"]).make(e) for e in spec["events"]]
         self.hooks += [plugins.probes.get(p["kind"]).make(p) for p in spec["probes"]]
         self.step = 0
+        self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
 
     # ------------------------------------------------------------ set-up
 
@@ -144,10 +146,10 @@ class Trial:
         self.evaluate(0)
         for step in range(1, self.total_steps + 1):
             self.step = step
-            indices = self.stream.next_batch()  # one draw per step, shared by every arm
+            self.indices = self.stream.next_batch()  # one draw per step, shared by every arm
             for arm in self.arms:
                 if arm.alive:
-                    self.train_step(arm, step, indices)
+                    self.train_step(arm, step, self.indices)
             if step % self.plan["eval_every"] == 0 or step == self.total_steps:
                 self.evaluate(step)
             if self.sink is not None:
@@ -172,8 +174,9 @@ class Trial:
     def train_step(self, arm: ArmState, step: int, indices: torch.Tensor) -> None:
         started = time.perf_counter()
         set_lr_factor(arm.optimizer, lr_factor(arm.spec["schedule"], step - 1, self.total_steps))
+        arm.batch = self.batch(arm, indices)
         self._hooks("before_step", arm, step)
-        x, y = self.batch(arm, indices)
+        x, y = arm.batch
         # stochastic layers (dropout) draw the same numbers in every arm
         torch.manual_seed(derive_seed(self.seed, "forward", step))
         arm.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,38 @@
+"""Test set-up: real data from ../shared/data (never copied here), no downloads."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+os.environ.setdefault("TRAINLAB_DATA", str(SHARED))
+os.environ["TRAINLAB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("XDG_CACHE_HOME", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "xdg"))
+
+
+def _has(*parts) -> bool:
+    return any((Path(d) / Path(*parts)).exists() for d in os.environ["TRAINLAB_DATA"].split(os.pathsep) if d)
+
+
+needs_mnist = pytest.mark.skipif(not _has("mnist", "train-images-idx3-ubyte.gz"),
+                                 reason="MNIST IDX files not under $TRAINLAB_DATA")
+needs_shakespeare = pytest.mark.skipif(not _has("tinyshakespeare", "input.txt"),
+                                       reason="tiny-shakespeare not under $TRAINLAB_DATA")
+
+
+def small_spec(**changes) -> dict:
+    """A fast two-arm study on the offline digits; `changes` are --set style overrides."""
+    spec = {
+        "name": "t",
+        "seed": 3,
+        "task": {"name": "mnist-mlp", "source": "offline", "n_train": 512, "n_test": 256},
+        "arms": [{"name": "sgd", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
+                 {"name": "adam", "optimizer": "adam", "lr": 0.01}],
+        "plan": {"steps": 20, "batch_size": 32, "dtype": "float64", "eval_every": 10},
+    }
+    from trainlab.spec import set_path
+
+    for path, value in changes.items():
+        set_path(spec, path.replace("__", "."), value)
+    return spec
