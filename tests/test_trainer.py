@@ -89,11 +89,11 @@ def test_same_spec_and_seed_give_bit_identical_metrics_in_float64():
 
 
 def test_a_diverging_arm_is_marked_and_the_others_go_on():
-    spec = small_spec(arms=[{"name": "wild", "optimizer": "sgd", "lr": 1e30}, {"name": "calm", "optimizer": "sgd", "lr": 0.1}],
+    spec = small_spec(arms=[{"name": "wild", "optimizer": "sgd", "lr": 1e300}, {"name": "calm", "optimizer": "sgd", "lr": 0.1}],
                       plan__steps=30)
     summary, records = run(spec)
     wild, calm = summary["arms"]["wild"], summary["arms"]["calm"]
-    assert wild["diverged"] and 1 <= wild["diverged_step"] < 30
+    assert wild["diverged"] and 1 <= wild["diverged_step"] <= 5
     assert "non-finite" in wild["diverged_reason"] or "nan" in wild["diverged_reason"]
     assert not calm["diverged"]
     assert max(r["step"] for r in records if r["arm"] == "calm" and r["kind"] == "train") == 30
