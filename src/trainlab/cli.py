@@ -95,8 +95,7 @@ def cmd_list(registry_name: str) -> int:
     for name in registry.names():
         entry = registry.get(name)
         model = entry.Options if hasattr(entry, "Options") else entry.Hparams
-        doc = getattr(entry, "doc", "") or (entry.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {doc}" if doc else name)
+        print(f"{name}: {entry.doc}")
         for field, info in model.model_fields.items():
             note = f"  {info.description}" if info.description else ""
             print(f"    {field} = {info.default!r}{note}")

@@ -116,12 +116,13 @@ class Trial:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "init"))
             model = self.task.make_model(self.options, self.data)
+        model = model.to(device=self.device, dtype=self.dtype)  # cast before loading: no rounding
         if self.plan["init_from"]:
             try:
                 model.load_state_dict(load_weights(self.plan["init_from"]))
             except RuntimeError as exc:
                 raise SpecError("plan.init_from", f"checkpoint does not fit the model: {str(exc).splitlines()[0]}") from None
-        return model.to(device=self.device, dtype=self.dtype)
+        return model
 
     def _make_arm(self, arm: dict, initial: nn.Module) -> ArmState:
         model = copy.deepcopy(initial)
