@@ -86,5 +86,6 @@ def test_listing_commands(capsys):
     assert "adamw_lr_ratio = 0.1" in out
 
 
-def test_the_example_spec_is_valid():
-    assert main(["validate", str(ROOT / "examples" / "demo.yaml")]) == 0
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_valid(example):
+    assert main(["validate", str(example)]) == 0

@@ -13,7 +13,8 @@ class Hook:
         """After models and optimizers are built, before the first step."""
 
     def before_step(self, trial, arm, step: int) -> None:
-        """Before the forward pass of update `step`."""
+        """Before the forward pass of update `step`. `arm.batch` holds (inputs, targets);
+        those tensors are shared by every arm: replace the tuple, never edit them in place."""
 
     def after_backward(self, trial, arm, step: int) -> None:
         """Gradients are in `p.grad`; the optimizer has not stepped."""

@@ -95,6 +95,8 @@ class Trial:
         self.hooks += [plugins.probes.get(p["kind"]).make(p) for p in spec["probes"]]
         self.step = 0
         self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
+        self.forward_seed = derive_seed(self.seed, "forward", 0)
+        self.step_batch: tuple | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -148,9 +150,11 @@ class Trial:
         for step in range(1, self.total_steps + 1):
             self.step = step
             self.indices = self.stream.next_batch()  # one draw per step, shared by every arm
+            self.step_batch = self.gather(self.indices)
+            self.forward_seed = derive_seed(self.seed, "forward", step)
             for arm in self.arms:
                 if arm.alive:
-                    self.train_step(arm, step, self.indices)
+                    self.train_step(arm, step)
             if step % self.plan["eval_every"] == 0 or step == self.total_steps:
                 self.evaluate(step)
             if self.sink is not None:
@@ -166,20 +170,18 @@ class Trial:
             self.sink.flush()
         return self.summary()
 
-    def batch(self, arm: ArmState, indices: torch.Tensor):
-        if arm.full_batch:
-            return self.x_train, self.y_train
+    def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         indices = indices.to(self.device)
         return self.x_train[indices], self.y_train[indices]
 
-    def train_step(self, arm: ArmState, step: int, indices: torch.Tensor) -> None:
+    def train_step(self, arm: ArmState, step: int) -> None:
         started = time.perf_counter()
         set_lr_factor(arm.optimizer, lr_factor(arm.spec["schedule"], step - 1, self.total_steps))
-        arm.batch = self.batch(arm, indices)
+        # the batch tensors are shared by all arms: a hook may replace arm.batch, never edit it in place
+        arm.batch = (self.x_train, self.y_train) if arm.full_batch else self.step_batch
         self._hooks("before_step", arm, step)
         x, y = arm.batch
-        # stochastic layers (dropout) draw the same numbers in every arm
-        torch.manual_seed(derive_seed(self.seed, "forward", step))
+        self.seed_forward()
         arm.optimizer.zero_grad(set_to_none=True)
         output = arm.model(x)
         loss = self.task.loss(output, y)
@@ -199,10 +201,20 @@ class Trial:
         if not self.weights_finite(arm):
             self.mark_diverged(arm, step, "weights became non-finite")
 
+    def seed_forward(self) -> None:
+        """Stochastic layers (dropout) draw the same numbers in every arm at a given step.
+        Only the trial device's generator is reseeded: torch.manual_seed would also queue a
+        lazy CUDA call that captures a stack trace, which costs more than a tiny model's step."""
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(self.forward_seed)
+        else:
+            torch.default_generator.manual_seed(self.forward_seed)
+
     @staticmethod
     def weights_finite(arm: ArmState) -> bool:
-        with torch.no_grad():
-            return bool(torch.stack([torch.isfinite(p).all() for p in arm.model.parameters()]).all())
+        with torch.no_grad():  # max-abs per tensor: NaN propagates, and unlike a 2-norm it cannot overflow
+            largest = torch._foreach_norm(list(arm.model.parameters()), float("inf"))
+            return bool(torch.stack(largest).isfinite().all())
 
     def mark_diverged(self, arm: ArmState, step: int, reason: str) -> None:
         arm.diverged_step, arm.diverged_reason = step, reason

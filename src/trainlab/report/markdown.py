@@ -5,8 +5,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .. import plugins
 from ..analysis.tables import arm_table, load, load_summaries
 from ..study.store import StudyStore
+from ..tasks import perplexity
 from .figures import curves_figure
 
 
@@ -52,11 +54,16 @@ def build_report(study_dir: str | Path) -> Path:
     if finished:
         table = arm_table(summaries)
         lines += ["## Arms", "", "Mean over trials (± standard deviation when there are several).", ""]
+        headers = ["arm", "final train loss", "held-out loss", "held-out accuracy", "best held-out accuracy",
+                   "diverged", "train time (s)"]
         rows = [[r["arm"], mean_std(r, "final_train_loss"), mean_std(r, "final_test_loss"),
                  mean_std(r, "final_test_accuracy"), mean_std(r, "best_test_accuracy"), f"{r['diverged']}/{r['trials']}",
                  mean_std(r, "time_s")] for _, r in table.iterrows()]
-        lines += [markdown_table(["arm", "final train loss", "held-out loss", "held-out accuracy",
-                                  "best held-out accuracy", "diverged", "train time (s)"], rows), ""]
+        if plugins.tasks.get(spec["task"]["name"]).language_model:
+            headers.insert(3, "held-out perplexity")
+            for row, (_, r) in zip(rows, table.iterrows()):
+                row.insert(3, perplexity(r["final_test_loss_mean"]))
+        lines += [markdown_table(headers, rows), ""]
         best = table.sort_values("final_test_accuracy_mean", ascending=False).iloc[0]
         lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
