@@ -55,11 +55,10 @@ def build_parser() -> Parser:
 
 
 def cmd_run(args) -> int:
-    from .spec import load_spec
     from .study import run_study
 
     sets = list(args.sets) + ([f"output.root={args.output_root}"] if args.output_root else [])
-    study = run_study(load_spec(args.spec, sets), quiet=args.quiet)
+    study = run_study(args.spec, sets, quiet=args.quiet)
     print(study)
     return 0
 

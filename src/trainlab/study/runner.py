@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Trial
 from ..errors import UserError
+from ..spec import load_spec
 from .executor import InlineExecutor
 from .store import StudyStore
 from .sweep import TrialPlan, expand
@@ -48,8 +49,9 @@ def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, exec
     (executor or InlineExecutor()).run(todo, lambda plan: run_trial(store, plan, len(plans), quiet))
 
 
-def run_study(spec: dict, quiet: bool = False) -> Path:
-    """Run a resolved spec as a new study; returns its directory."""
+def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False) -> Path:
+    """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory."""
+    spec = load_spec(spec, overrides)
     plans = expand(spec)
     preflight(plans)
     store = StudyStore.create(spec, plans)
