@@ -65,7 +65,7 @@ def test_bad_specs_name_the_field(changes, path, words):
 
 def test_bad_grid_values_are_caught_before_running():
     spec = load_spec(small_spec(sweep={"grid": {"arms.adam.lr": [0.1, -1.0]}}))
-    with pytest.raises(SpecError, match=r"sweep.grid \(arms.1.lr\)"):
+    with pytest.raises(SpecError, match=r"sweep \(arms.1.lr\): Input should be greater than 0"):
         expand(spec)
 
 

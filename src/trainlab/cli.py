@@ -49,6 +49,8 @@ def build_parser() -> Parser:
     report = sub.add_parser("report", help="rebuild report.md and figures from stored data")
     report.add_argument("study_dir")
 
+    add_fault_commands(sub)
+
     sub.add_parser("tasks", help="list tasks and their options")
     sub.add_parser("optimizers", help="list optimizers and their hyperparameters")
     return parser
@@ -81,9 +83,9 @@ def cmd_resume(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from .report import build_study_report
 
-    print(build_report(args.study_dir))
+    print(build_study_report(args.study_dir))
     return 0
 
 
@@ -101,7 +103,115 @@ def cmd_list(registry_name: str) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+def add_fault_commands(sub) -> None:
+    fr = sub.add_parser("fault-recovery", help="which optimizer recovers from the same injected fault?",
+                        description="Train optimizers in lock-step, hit them all with the same fault at the same "
+                                    "site and step, and measure recovery on the held-out split.")
+    fr.add_argument("--num-experiments", type=int, default=10, metavar="N")
+    fr.add_argument("--steps-after-injection", type=int, default=100, metavar="N")
+    fr.add_argument("--optimizers", nargs="+", default=["adam", "sgd", "rmsprop", "adamw"], metavar="OPT")
+    fr.add_argument("--seed", type=int, default=42)
+    fr.add_argument("--learning-rate", type=float, default=0.001, metavar="LR")
+    fr.add_argument("--task", default="mnist-cnn")
+    fr.add_argument("--fault", default="value", help="bitflip, value, zero, sign_flip, add_noise, mul_noise, stuck")
+    fr.add_argument("--target", default="weights", help="weights, gradients, optimizer_state, activations")
+    fr.add_argument("--mitigations", nargs="+", default=["none"], metavar="M",
+                    help="none, skip_nonfinite, grad_clip, rollback, bound_state: one arm per optimizer x mitigation")
+    fr.add_argument("--injection-window", default="20:120", metavar="LO:HI", help="steps the injection is drawn from")
+    fr.add_argument("--layer", help="parameter (or module, for activations) to hit; default: drawn per experiment")
+    fr.add_argument("--count", type=int, default=16, help="elements hit per fault")
+    fr.add_argument("--scattered", action="store_true", help="hit scattered elements instead of contiguous ones")
+    fr.add_argument("--bit", type=int, help="bitflip: this bit")
+    fr.add_argument("--bit-range", metavar="LO:HI|exponent", help="bitflip: a bit drawn from this range")
+    fr.add_argument("--bits-per-element", type=int, default=1)
+    fr.add_argument("--value", type=float, help="value/stuck: this value (default: log-uniform in --value-range)")
+    fr.add_argument("--value-range", default="3.6e2:1.2e8", metavar="LO:HI")
+    fr.add_argument("--noise-scale", type=float, default=0.1)
+    fr.add_argument("--duration", type=int, default=1, help="stuck: steps")
+    fr.add_argument("--state", default="first_moment", help="optimizer_state: first_moment or second_moment")
+    fr.add_argument("--batch-size", type=int, default=64)
+    fr.add_argument("--eval-every", type=int, default=5, help="held-out evaluation cadence from the injection on")
+    fr.add_argument("--eval-every-before", type=int, default=25, help="held-out evaluation cadence before it")
+    fr.add_argument("--dtype", default="float32")
+    fr.add_argument("--device", default="cpu")
+    fr.add_argument("--name", default="fault-recovery")
+    fr.add_argument("--output-root", default="runs", metavar="DIR")
+    fr.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                    help="override a field of the study spec, e.g. --set task.n_train=2000")
+    add_common(fr)
+
+    fault = sub.add_parser("fault", help="fault tools: replay an experiment")
+    fault_sub = fault.add_subparsers(dest="fault_command", metavar="COMMAND", parser_class=Parser, required=True)
+    rp = fault_sub.add_parser("replay", help="re-run one experiment and check it reproduces its results exactly")
+    rp.add_argument("experiment_dir")
+    add_common(rp)
+
+
+def parse_range(flag: str, text: str, kind=float) -> tuple:
+    try:
+        lo, hi = (kind(part) for part in text.split(":"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected LO:HI, e.g. {'20:120' if kind is int else '1e2:1e8'}") from None
+    return lo, hi
+
+
+def check_names(flag: str, names: list[str], registry) -> None:
+    for name in names:
+        if name not in registry:
+            raise UserError(f"{flag}: unknown {registry.kind} {name!r} (allowed: {', '.join(registry.names())})")
+
+
+def cmd_fault_recovery(args) -> int:
+    from pydantic import ValidationError
+
+    from . import plugins
+    from .recipes import fault_recovery
+
+    check_names("--optimizers", args.optimizers, plugins.optimizers)
+    check_names("--mitigations", args.mitigations, plugins.mitigations)
+    check_names("--task", [args.task], plugins.tasks)
+    for flag in ("num_experiments", "steps_after_injection", "count", "batch_size", "eval_every", "eval_every_before"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
+    plan = {"fault": args.fault, "target": args.target, "layer": args.layer, "count": args.count,
+            "contiguous": not args.scattered, "bit": args.bit, "bits_per_element": args.bits_per_element,
+            "value": args.value, "value_range": parse_range("--value-range", args.value_range),
+            "noise_scale": args.noise_scale, "duration": args.duration, "state": args.state,
+            "window": parse_range("--injection-window", args.injection_window, int)}
+    if args.bit_range:
+        plan["bit_range"] = "exponent" if args.bit_range == "exponent" else parse_range("--bit-range", args.bit_range, int)
+    try:
+        spec, injections = fault_recovery.build_spec(
+            num_experiments=args.num_experiments, steps_after_injection=args.steps_after_injection,
+            optimizers=args.optimizers, seed=args.seed, learning_rate=args.learning_rate, task=args.task,
+            mitigations=args.mitigations, plan_options=plan, batch_size=args.batch_size, eval_every=args.eval_every,
+            eval_every_before=args.eval_every_before,
+            dtype=args.dtype, device=args.device, name=args.name, output_root=args.output_root, sets=args.sets)
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = str(first["loc"][0]) if first["loc"] else next(
+            (f for f in ("window", "value_range", "bit_range") if message.startswith(f)), "fault")
+        flag = {"window": "--injection-window"}.get(field, f"--{field.replace('_', '-')}")
+        raise UserError(f"{flag}: {message}") from None
+    print(fault_recovery.run(spec, injections, quiet=args.quiet))
+    return 0
+
+
+def cmd_fault(args) -> int:
+    from .recipes.fault_recovery import replay
+
+    ok, problems = replay(args.experiment_dir)
+    if ok:
+        print(f"{args.experiment_dir}: replay reproduces results.json, the realised fault values and the "
+              "injection batch exactly")
+        return 0
+    for problem in problems:
+        print(f"{args.experiment_dir}: {problem}")
+    return 1
+
+
+COMMANDS = {"fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

@@ -45,11 +45,16 @@ class ScheduleSpec(Strict):
     min_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr / lr")
 
 
+class MitigationSpec(Open):
+    kind: str
+
+
 class ArmSpec(Open):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     optimizer: str
     lr: float = Field(gt=0)
     schedule: ScheduleSpec = ScheduleSpec()
+    mitigations: list[MitigationSpec] = Field(default_factory=list)
 
 
 class PlanSpec(Strict):
@@ -60,7 +65,7 @@ class PlanSpec(Strict):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     eval_every: int = Field(50, gt=0)
-    eval_batch_size: int = Field(4096, gt=0)
+    eval_batch_size: int = Field(512, gt=0, description="held-out samples per forward pass during evaluation")
     init_from: str | None = None
 
     @field_validator("device")
@@ -92,6 +97,7 @@ class SweepSpec(Strict):
     repeats: int = Field(1, gt=0, le=100_000)
     seeds: list[int] | None = Field(None, min_length=1)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    points: list[dict[str, Any]] = Field(default_factory=list, description="explicit list of override sets")
 
     @field_validator("grid")
     @classmethod
@@ -104,7 +110,16 @@ class SweepSpec(Strict):
 
 class OutputSpec(Strict):
     root: str = "runs"
-    report: bool = True
+    report: str = Field("standard", description="report builder: standard, none, or a recipe's")
+    trial_dir: str = Field("trials/trial_{index:04d}", pattern=r"^[A-Za-z0-9_{}:./-]*\{index(:0?\d+d)?\}[A-Za-z0-9_{}:./-]*$",
+                           description="trial folder inside the study, a pattern with {index}")
+
+    @field_validator("trial_dir")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must stay inside the study directory")
+        return value
 
 
 class StudySpec(Strict):
@@ -236,12 +251,11 @@ def resolve(data: dict) -> dict:
         optimizer = plugins.optimizers.get(arm.optimizer, f"arms.{i}.optimizer")
         hparams = validate_options(optimizer.Hparams, arm.model_extra, f"arms.{i}")
         resolved["arms"][i] = {**arm.model_dump(mode="json", exclude=set(arm.model_extra)), **hparams}
-    for field, registry in (("events", plugins.events), ("probes", plugins.probes)):
-        for i, item in enumerate(getattr(spec, field)):
-            entry = registry.get(item.kind, f"{field}.{i}.kind")
-            fixed = item.model_dump(mode="json", exclude=set(item.model_extra))
-            resolved[field][i] = {**fixed, **validate_options(entry.Options, item.model_extra, f"{field}.{i}")}
-    for path in spec.sweep.grid:
+        resolved["arms"][i]["mitigations"] = resolve_plugins(arm.mitigations, plugins.mitigations, f"arms.{i}.mitigations")
+    resolved["events"] = resolve_plugins(spec.events, plugins.events, "events")
+    resolved["probes"] = resolve_plugins(spec.probes, plugins.probes, "probes")
+    plugins.reports.get(spec.output.report, "output.report")
+    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point)]:
         _check_sweep_path(resolved, path)
     return resolved
 
@@ -254,6 +268,16 @@ def _name_arms(arms: list[ArmSpec]) -> None:
         if arm.name in seen:
             raise SpecError(f"arms.{i}.name", f"duplicate arm name {arm.name!r}; give each arm a unique name")
         seen.add(arm.name)
+
+
+def resolve_plugins(items: list[Open], registry, prefix: str) -> list[dict]:
+    """Validate each `{kind: ..., options}` item against the registry entry it names."""
+    resolved = []
+    for i, item in enumerate(items):
+        entry = registry.get(item.kind, f"{prefix}.{i}.kind")
+        fixed = item.model_dump(mode="json", exclude=set(item.model_extra))
+        resolved.append({**fixed, **validate_options(entry.Options, item.model_extra, f"{prefix}.{i}")})
+    return resolved
 
 
 def validate_options(model: type[BaseModel], values: dict | None, prefix: str) -> dict:

@@ -11,7 +11,7 @@ def load(study_dir: str | Path) -> pd.DataFrame:
     """Every metrics record of every trial, one row each, with `trial` and `seed` columns."""
     store = StudyStore.open(study_dir)
     frames = []
-    for folder in sorted((store.root / "trials").glob("trial_*")):
+    for index, folder in store.trial_dirs():
         records = read_jsonl(folder / "metrics.jsonl")
         if not records:
             continue
@@ -20,7 +20,7 @@ def load(study_dir: str | Path) -> pd.DataFrame:
         except (OSError, ValueError, KeyError):
             seed = None
         frame = pd.DataFrame.from_records(records)
-        frame.insert(0, "trial", int(folder.name.split("_")[1]))
+        frame.insert(0, "trial", index)
         frame.insert(1, "seed", seed)
         frames.append(frame)
     if not frames:

@@ -2,8 +2,10 @@
 they subclass Hook and act at these named moments.
 
 Order within one step, for each live arm in turn:
-    before_step -> forward/backward -> after_backward -> optimizer step -> after_step
-then, every `plan.eval_every` steps and at the end, on_eval once for the whole trial.
+    before_step -> forward/backward -> after_backward -> [mitigations] -> optimizer step -> after_step
+then on_step_end once, and every `plan.eval_every` steps, at the end and at the steps hooks
+add to `trial.eval_steps`, on_eval once for the whole trial. When a rollback mitigation
+executes a step again, before_step/after_backward run again with `arm.attempt == 1`.
 `step` is the number of the update being made (1-based); step 0 is the initial state.
 """
 
@@ -21,6 +23,9 @@ class Hook:
 
     def after_step(self, trial, arm, step: int) -> None:
         """The optimizer has stepped; the weights are those after update `step`."""
+
+    def on_step_end(self, trial, step: int) -> None:
+        """Every live arm has made update `step` (before any evaluation at that step)."""
 
     def on_eval(self, trial, step: int) -> None:
         """After every arm was evaluated at `step` (arm.last_eval holds the numbers)."""

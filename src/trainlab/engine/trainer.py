@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import plugins
 from ..data.samplers import IndexStream
 from ..errors import SpecError, UserError
+from ..faults.mitigations import ROLLBACK, SKIP, STEP
 from ..optim import build_optimizer, lr_factor, set_lr_factor
 from ..tasks import perplexity, sample_text
 
@@ -62,6 +62,9 @@ class ArmState:
     last_eval: dict = field(default_factory=dict)
     best_eval_accuracy: float = -math.inf
     batch: tuple | None = None  # (inputs, targets) of the current step; hooks may read or replace it
+    guards: list = field(default_factory=list)  # mitigations, in spec order
+    attempt: int = 0  # 1 while a step is executed again after a rollback
+    history: list = field(default_factory=list)  # this arm's eval records
 
     @property
     def alive(self) -> bool:
@@ -70,6 +73,8 @@ class ArmState:
 
 class Trial:
     def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None):
+        from .. import plugins  # the registries import the engine: look them up at run time
+
         self.spec = spec
         self.seed = spec["seed"]
         self.plan = spec["plan"]
@@ -97,6 +102,7 @@ class Trial:
         self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
         self.forward_seed = derive_seed(self.seed, "forward", 0)
         self.step_batch: tuple | None = None
+        self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
 
     # ------------------------------------------------------------ set-up
 
@@ -127,10 +133,13 @@ class Trial:
         return model
 
     def _make_arm(self, arm: dict, initial: nn.Module) -> ArmState:
+        from .. import plugins
+
         model = copy.deepcopy(initial)
         model.train()
         entry = plugins.optimizers.get(arm["optimizer"])
-        return ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch)
+        guards = [plugins.mitigations.get(m["kind"]).make(m) for m in arm["mitigations"]]
+        return ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch, guards=guards)
 
     # ------------------------------------------------------------ records
 
@@ -155,7 +164,8 @@ class Trial:
             for arm in self.arms:
                 if arm.alive:
                     self.train_step(arm, step)
-            if step % self.plan["eval_every"] == 0 or step == self.total_steps:
+            self._hooks("on_step_end", step)
+            if step % self.plan["eval_every"] == 0 or step == self.total_steps or step in self.eval_steps:
                 self.evaluate(step)
             if self.sink is not None:
                 self.sink.flush()
@@ -177,6 +187,34 @@ class Trial:
     def train_step(self, arm: ArmState, step: int) -> None:
         started = time.perf_counter()
         set_lr_factor(arm.optimizer, lr_factor(arm.spec["schedule"], step - 1, self.total_steps))
+        for attempt in (0, 1):  # a rollback mitigation executes the step once more
+            arm.attempt = attempt
+            loss_value, output = self.forward_backward(arm, step)
+            verdict = self.verdict(arm, step, loss_value)
+            if verdict != ROLLBACK:
+                break
+            self.log({"kind": "event", "event": "rollback", "arm": arm.name, "step": step, "loss": loss_value})
+        arm.attempt = 0
+        if verdict == SKIP:
+            self.log({"kind": "event", "event": "skipped", "arm": arm.name, "step": step, "loss": loss_value})
+            return
+        if not math.isfinite(loss_value):
+            self.mark_diverged(arm, step, f"training loss is {loss_value}")
+            return
+        arm.optimizer.step()
+        self._hooks("after_step", arm, step)
+        correct, count = self.task.count_correct(output.detach(), arm.batch[1])
+        arm.last_train = {"loss": loss_value, "accuracy": correct.item() / count}
+        arm.time_s += time.perf_counter() - started
+        self.log({"kind": "train", "arm": arm.name, "step": step, **arm.last_train,
+                  "lr": arm.optimizer.param_groups[0]["lr"]})
+        if not self.weights_finite(arm):
+            self.mark_diverged(arm, step, "weights became non-finite")
+            return
+        for guard in arm.guards:
+            guard.after_step(arm, step)
+
+    def forward_backward(self, arm: ArmState, step: int) -> tuple[float, torch.Tensor]:
         # the batch tensors are shared by all arms: a hook may replace arm.batch, never edit it in place
         arm.batch = (self.x_train, self.y_train) if arm.full_batch else self.step_batch
         self._hooks("before_step", arm, step)
@@ -187,19 +225,18 @@ class Trial:
         loss = self.task.loss(output, y)
         loss.backward()
         self._hooks("after_backward", arm, step)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            self.mark_diverged(arm, step, f"training loss is {loss_value}")
-            return
-        arm.optimizer.step()
-        self._hooks("after_step", arm, step)
-        correct, count = self.task.count_correct(output.detach(), y)
-        arm.last_train = {"loss": loss_value, "accuracy": correct.item() / count}
-        arm.time_s += time.perf_counter() - started
-        self.log({"kind": "train", "arm": arm.name, "step": step, **arm.last_train,
-                  "lr": arm.optimizer.param_groups[0]["lr"]})
-        if not self.weights_finite(arm):
-            self.mark_diverged(arm, step, "weights became non-finite")
+        return loss.item(), output
+
+    @staticmethod
+    def verdict(arm: ArmState, step: int, loss: float) -> str:
+        """The first guard that does not say STEP decides (a rollback is tried only once)."""
+        for guard in arm.guards:
+            verdict = guard.verdict(arm, step, loss)
+            if verdict == ROLLBACK and arm.attempt > 0:
+                verdict = STEP
+            if verdict != STEP:
+                return verdict
+        return STEP
 
     def seed_forward(self) -> None:
         """Stochastic layers (dropout) draw the same numbers in every arm at a given step.
@@ -228,7 +265,9 @@ class Trial:
             if arm.alive:
                 arm.last_eval = self.evaluate_model(arm.model)
                 arm.best_eval_accuracy = max(arm.best_eval_accuracy, arm.last_eval["accuracy"])
-                self.log({"kind": "eval", "arm": arm.name, "step": step, **arm.last_eval})
+                record = {"kind": "eval", "arm": arm.name, "step": step, **arm.last_eval}
+                arm.history.append(record)
+                self.log(record)
         self._hooks("on_eval", step)
 
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """Markdown reports and figures built from stored data only."""
 
-from .markdown import build_report
+from .markdown import build_report, build_study_report
+from .registry import REPORTS, ReportDef
 
-__all__ = ["build_report"]
+__all__ = ["REPORTS", "ReportDef", "build_report", "build_study_report"]

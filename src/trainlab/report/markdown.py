@@ -5,11 +5,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from .. import plugins
 from ..analysis.tables import arm_table, load, load_summaries
 from ..study.store import StudyStore
 from ..tasks import perplexity
 from .figures import curves_figure
+from .registry import REPORTS, ReportDef
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -31,8 +31,16 @@ def mean_std(row, metric: str) -> str:
     return fmt(mean) if row["trials"] < 2 else f"{fmt(mean)} ± {fmt(std, 2)}"
 
 
+def build_study_report(study_dir: str | Path) -> Path | None:
+    """Rebuild a study's report with the builder its spec names (output.report)."""
+    from .. import plugins  # recipes register their reports when the registries load
+
+    store = StudyStore.open(study_dir)
+    return plugins.reports.get(store.spec["output"]["report"]).build(store.root)
+
+
 def build_report(study_dir: str | Path) -> Path:
-    """Rebuild report.md and figures/ from the stored metrics and summaries."""
+    """The standard report: report.md and figures/ from the stored metrics and summaries."""
     store = StudyStore.open(study_dir)
     spec = store.spec
     summaries = load_summaries(store.root)
@@ -59,6 +67,8 @@ def build_report(study_dir: str | Path) -> Path:
         rows = [[r["arm"], mean_std(r, "final_train_loss"), mean_std(r, "final_test_loss"),
                  mean_std(r, "final_test_accuracy"), mean_std(r, "best_test_accuracy"), f"{r['diverged']}/{r['trials']}",
                  mean_std(r, "time_s")] for _, r in table.iterrows()]
+        from .. import plugins
+
         if plugins.tasks.get(spec["task"]["name"]).language_model:
             headers.insert(3, "held-out perplexity")
             for row, (_, r) in zip(rows, table.iterrows()):
@@ -102,3 +112,7 @@ def _write_text(path: Path, text: str) -> Path:
         fh.write(text)
     os.replace(tmp, path)
     return path
+
+
+REPORTS.register("standard", ReportDef(build_report, doc="report.md: arms table and loss/accuracy curves"))
+REPORTS.register("none", ReportDef(lambda study_dir: None, doc="no report"))

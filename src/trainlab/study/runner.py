@@ -46,7 +46,14 @@ def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, exec
     if not quiet:
         done = len(plans) - len(todo)
         print(f"study {store.root}: {len(plans)} trial(s), {done} already finished", file=sys.stderr)
-    (executor or InlineExecutor()).run(todo, lambda plan: run_trial(store, plan, len(plans), quiet))
+    report = report_of(store)
+
+    def one(plan: TrialPlan) -> None:
+        run_trial(store, plan, len(plans), quiet)
+        if report.on_trial_end is not None:
+            report.on_trial_end(store, plan)
+
+    (executor or InlineExecutor()).run(todo, one)
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False) -> Path:
@@ -73,10 +80,13 @@ def resume_study(path: str | Path, quiet: bool = False) -> Path:
     return store.root
 
 
-def finish(store: StudyStore, quiet: bool) -> None:
-    if store.spec["output"]["report"]:
-        from ..report import build_report
+def report_of(store: StudyStore):
+    from .. import plugins  # reports import the study layer: look them up at run time
 
-        report = build_report(store.root)
-        if not quiet:
-            print(f"report: {report}", file=sys.stderr)
+    return plugins.reports.get(store.spec["output"]["report"])
+
+
+def finish(store: StudyStore, quiet: bool) -> None:
+    report = report_of(store).build(store.root)
+    if report is not None and not quiet:
+        print(f"report: {report}", file=sys.stderr)

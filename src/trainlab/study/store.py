@@ -131,7 +131,6 @@ class StudyStore:
             raise UserError(f"output.root: cannot create the study directory in {str(parent)!r}: {exc.strerror}") from None
         meta = {"created": dt.datetime.now().isoformat(timespec="seconds"), **environment(), "spec": spec,
                 "trials": [plan.describe() for plan in plans]}
-        (root / "trials").mkdir()
         atomic_write_json(root / "study.json", meta)
         return cls(root, meta)
 
@@ -147,7 +146,10 @@ class StudyStore:
         return cls(root, meta)
 
     def trial_dir(self, index: int) -> Path:
-        return self.root / "trials" / f"trial_{index:04d}"
+        return self.root / self.spec["output"]["trial_dir"].format(index=index)
+
+    def trial_dirs(self) -> list[tuple[int, Path]]:
+        return [(t["index"], self.trial_dir(t["index"])) for t in self.meta.get("trials", [])]
 
     def finished(self, plan: TrialPlan) -> bool:
         path = self.trial_dir(plan.index) / "summary.json"
@@ -169,7 +171,7 @@ class StudyStore:
 
     def summaries(self) -> list[dict]:
         out = []
-        for folder in sorted((self.root / "trials").glob("trial_*")):
+        for _, folder in self.trial_dirs():
             try:
                 out.append(read_json(folder / "summary.json"))
             except (OSError, ValueError):

@@ -36,23 +36,25 @@ def seeds_of(spec: dict) -> list[int]:
     return sweep["seeds"] or [spec["seed"] + i for i in range(sweep["repeats"])]
 
 
-def grid_points(spec: dict) -> list[dict]:
+def override_sets(spec: dict) -> list[dict]:
+    """Each explicit point (or none) combined with each grid combination."""
     grid = spec["sweep"]["grid"]
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [{**point, **combo} for point in (spec["sweep"]["points"] or [{}]) for combo in combos]
 
 
 def expand(spec: dict) -> list[TrialPlan]:
     plans = []
-    for point in grid_points(spec):
+    for overrides in override_sets(spec):
         base = copy.deepcopy(spec)
-        for path, value in point.items():
+        for path, value in overrides.items():
             set_path(base, path, value)
-        base["sweep"] = {"repeats": 1, "seeds": None, "grid": {}}
+        base["sweep"] = {"repeats": 1, "seeds": None, "grid": {}, "points": []}
         try:
             base = resolve(base)
         except SpecError as err:
-            raise SpecError(f"sweep.grid ({err.path})", err.message) from None
-        for seed in seeds_of(spec):
+            raise SpecError(f"sweep ({err.path})", err.message) from None
+        for seed in seeds_of({**base, "sweep": spec["sweep"]}):
             trial = {**base, "seed": seed}
-            plans.append(TrialPlan(len(plans), trial_key(trial), seed, point, trial))
+            plans.append(TrialPlan(len(plans), trial_key(trial), seed, overrides, trial))
     return plans

@@ -1,0 +1,170 @@
+"""The `fault` event: one fault at one site and step, applied identically to every arm.
+
+    events:
+      - {kind: fault, step: 120, target: weights, tensor: fc1.weight, indices: [3, 4],
+         fault: value, values: [3.6e2, 1.2e8]}
+
+The event is fully concrete (sites, bits, values are numbers in the spec), which is what
+makes replay exact. `trainlab.faults.plan` draws such events from a seed.
+"""
+
+import json
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from ..engine.events import EVENTS, EventDef
+from ..engine.hooks import Hook
+from ..errors import SpecError
+from ..spec import Strict
+from .models import FAULTS, apply_fault
+from .targets import STATE_KEYS, TARGETS, activation_modules, state_entry
+
+
+class FaultOptions(Strict):
+    step: int = Field(ge=1, description="the update the fault hits (weights/state: just before it)")
+    target: Literal[TARGETS] = "weights"
+    tensor: str = Field(description="parameter name, or module name for activations")
+    state: Literal[tuple(STATE_KEYS)] = "first_moment"
+    indices: list[int] = Field(min_length=1, description="flat element indices")
+    fault: Literal[FAULTS] = "bitflip"
+    bits: list[list[int]] | None = Field(None, description="bitflip: bits to flip, per element")
+    values: list[float] | None = Field(None, description="value/stuck: new values; *_noise: draws")
+    duration: int = Field(1, ge=1, description="stuck: number of steps the values stay stuck")
+    eval_every_after: int | None = Field(None, ge=1, description="evaluate every N steps from the injection on "
+                                                                "(recovery needs a denser cadence than the run)")
+
+    @model_validator(mode="after")
+    def _complete(self):
+        need = "bits" if self.fault == "bitflip" else "values" if self.fault not in ("zero", "sign_flip") else None
+        if need and len(getattr(self, need) or []) != len(self.indices):
+            raise ValueError(f"fault {self.fault!r} needs `{need}` with one entry per index ({len(self.indices)})")
+        if min(self.indices) < 0:
+            raise ValueError("indices must be >= 0")
+        return self
+
+
+class FaultInjector(Hook):
+    def __init__(self, options: dict):
+        self.o = options
+        self.last_step = options["step"] + (options["duration"] - 1 if options["fault"] == "stuck" else 0)
+        self.records: dict[str, dict] = {}
+        self.handles: dict[str, object] = {}  # forward hooks of activation faults, per arm
+        self.batch = None
+
+    def active(self, arm, step) -> bool:
+        return self.o["step"] <= step <= self.last_step and arm.attempt == 0
+
+    # ------------------------------------------------------------ set-up
+
+    def on_start(self, trial):
+        step, every = self.o["step"], self.o["eval_every_after"]
+        trial.eval_steps.update({step - 1, step})  # right before and right after the injected update
+        if every:
+            trial.eval_steps.update(range(step, trial.total_steps + 1, every))
+        self.check_site(trial)
+
+    def check_site(self, trial):
+        model = trial.arms[0].model
+        where = "events[fault].tensor"
+        if self.o["target"] == "activations":
+            modules = activation_modules(model)
+            if self.o["tensor"] not in modules:
+                raise SpecError(where, f"no module {self.o['tensor']!r} (allowed: {', '.join(modules)})")
+            return
+        params = dict(model.named_parameters())
+        if self.o["tensor"] not in params:
+            raise SpecError(where, f"no parameter {self.o['tensor']!r} (allowed: {', '.join(params)})")
+        numel = params[self.o["tensor"]].numel()
+        if max(self.o["indices"]) >= numel:
+            raise SpecError("events[fault].indices", f"index {max(self.o['indices'])} out of range for "
+                                                     f"{self.o['tensor']} ({numel} elements)")
+
+    # ------------------------------------------------------------ injection points
+
+    def before_step(self, trial, arm, step):
+        if not self.active(arm, step):
+            return
+        if step == self.o["step"] and self.batch is None:
+            x, y = trial.step_batch
+            self.batch = {"indices": trial.indices.cpu().numpy(), "inputs": x.detach().cpu().numpy(),
+                          "targets": y.detach().cpu().numpy()}
+        target = self.o["target"]
+        if target == "weights":
+            param = dict(arm.model.named_parameters())[self.o["tensor"]]
+            self.corrupt(arm, step, param.data)
+        elif target == "optimizer_state":
+            param = dict(arm.model.named_parameters())[self.o["tensor"]]
+            key, tensor = state_entry(arm.optimizer, param, self.o["state"])
+            if tensor is None:
+                self.note(arm, step, applied=False, reason=f"{arm.spec['optimizer']} keeps no {self.o['state']} "
+                                                           f"for {self.o['tensor']} at this step")
+            else:
+                self.corrupt(arm, step, tensor, state_key=key)
+        elif target == "activations":
+            module = activation_modules(arm.model)[self.o["tensor"]]
+            self.handles[arm.name] = module.register_forward_hook(
+                lambda m, inputs, out: self.corrupt_output(arm, step, out))
+
+    def after_backward(self, trial, arm, step):
+        handle = self.handles.pop(arm.name, None)
+        if handle is not None:
+            handle.remove()
+        if self.active(arm, step) and self.o["target"] == "gradients":
+            param = dict(arm.model.named_parameters())[self.o["tensor"]]
+            if param.grad is None:
+                self.note(arm, step, applied=False, reason="no gradient")
+            else:
+                self.corrupt(arm, step, param.grad)
+
+    # ------------------------------------------------------------ the corruption itself
+
+    @torch.no_grad()
+    def corrupt(self, arm, step, tensor: torch.Tensor, **extra) -> None:
+        flat = tensor.view(-1)
+        index = torch.tensor(self.o["indices"], device=flat.device)
+        old = flat[index]
+        new = apply_fault(old, self.o["fault"], self.o["bits"], self.o["values"])
+        flat[index] = new
+        self.note(arm, step, applied=True, old=old, new=flat[index], **extra)
+
+    def corrupt_output(self, arm, step, output: torch.Tensor) -> torch.Tensor:
+        flat = output.reshape(-1)
+        if max(self.o["indices"]) >= flat.numel():
+            self.note(arm, step, applied=False, reason=f"output of {self.o['tensor']} has {flat.numel()} elements")
+            return output
+        index = torch.tensor(self.o["indices"], device=flat.device)
+        old = flat[index].detach()
+        new = apply_fault(old, self.o["fault"], self.o["bits"], self.o["values"])
+        corrupted = flat.index_put((index,), new).view_as(output)
+        self.note(arm, step, applied=True, old=old, new=new)
+        return corrupted
+
+    def note(self, arm, step, applied: bool, old=None, new=None, **extra) -> None:
+        if arm.name in self.records:  # a stuck fault: keep the first application, count the rest
+            self.records[arm.name]["applications"] += int(applied)
+            return
+        record = {"applied": applied, "step": step, "applications": int(applied), **extra}
+        if old is not None:
+            record["old"] = [float(v) for v in old.double().cpu()]
+            record["new"] = [float(v) for v in new.double().cpu()]
+        self.records[arm.name] = record
+
+    # ------------------------------------------------------------ records
+
+    def on_end(self, trial):
+        if trial.artifact_dir is None:
+            return
+        trial.artifact_dir.mkdir(parents=True, exist_ok=True)
+        config = {**{k: v for k, v in self.o.items() if k != "kind"}, "seed": trial.seed,
+                  "dtype": trial.plan["dtype"], "arms": self.records}
+        tmp = trial.artifact_dir / ".injection_config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, allow_nan=True))
+        tmp.replace(trial.artifact_dir / "injection_config.json")
+        if self.batch is not None:
+            np.savez(trial.artifact_dir / "injection_batch.npz", **self.batch)
+
+
+EVENTS.register("fault", EventDef(FaultOptions, FaultInjector, doc="inject one fault into every arm at one site and step"))

@@ -1,0 +1,354 @@
+"""The fault-recovery study: optimizers (x mitigations) trained in lock-step, all hit by the
+same fault at the same site and step, then measured on the held-out split.
+
+    trainlab fault-recovery --num-experiments 10 --steps-after-injection 100 \
+        --optimizers adam sgd rmsprop adamw --fault value --target weights
+
+Layout of the study directory:
+    all_injection_configs.json       the plan, drawn up front from --seed
+    experiment_000/                  one trial per experiment
+        config.json metrics.jsonl summary.json          (as every trial)
+        injection_config.json injection_batch.npz       (written by the fault event)
+        results.json history_<arm>.csv comparison_plots.png recovery_zoom.png
+    intermediate_summary.json        every 5 experiments
+    final_report.md summary_visualizations.png
+"""
+
+import copy
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.recovery import METRICS, aggregate, early_vs_late, head_to_head, recovery_metrics
+from ..data.paths import find_data_file
+from ..engine import Trial
+from ..errors import UserError
+from ..faults.plan import FaultPlanOptions, draw_plan, exponent_range, site_sizes
+from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visualizations
+from ..report.markdown import fmt, markdown_table
+from ..report.registry import REPORTS, ReportDef
+from ..spec import load_spec, resolve
+from ..study.store import StudyStore, atomic_write_json, read_json, read_jsonl
+
+INJECTION_KEYS = ("step", "target", "tensor", "state", "indices", "fault", "bits", "values", "duration",
+                  "eval_every_after")
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def default_source() -> str:
+    """Real MNIST when its IDX files are in a data directory, else the offline digits."""
+    return "idx" if find_data_file(["train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"],
+                                   ["mnist", "MNIST", "MNIST/raw"]) else "offline"
+
+
+def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("adam", "sgd", "rmsprop", "adamw"),
+               seed=42, learning_rate=0.001, task="mnist-cnn", mitigations=("none",), plan_options=None,
+               batch_size=64, eval_every=5, eval_every_before=25, dtype="float32", device="cpu", name="fault-recovery",
+               output_root="runs", sets=()) -> tuple[dict, list[dict]]:
+    """The study spec (one sweep point per experiment) and the injection plan it contains."""
+    task_spec = {"name": task}
+    if task.startswith("mnist"):
+        task_spec["source"] = default_source()
+        if task_spec["source"] == "offline":
+            task_spec.update(n_train=4000, n_test=1000)
+    arms = []
+    for optimizer in optimizers:
+        for mitigation in mitigations:
+            arm = {"name": optimizer if mitigation == "none" else f"{optimizer}+{mitigation}",
+                   "optimizer": optimizer, "lr": learning_rate,
+                   "mitigations": [] if mitigation == "none" else [{"kind": mitigation}]}
+            arms.append(arm)
+    plan_options = dict(plan_options or {})
+    if plan_options.get("bit_range") == "exponent":
+        plan_options["bit_range"] = exponent_range(dtype)
+    options = FaultPlanOptions(**{"eval_every_after": eval_every, **plan_options})
+    base = {"name": name, "seed": seed, "task": task_spec, "arms": arms,
+            "plan": {"steps": options.window[1] + steps_after_injection, "batch_size": batch_size,
+                     "eval_every": eval_every_before, "dtype": dtype, "device": device},
+            "output": {"root": output_root, "report": "fault-recovery", "trial_dir": "experiment_{index:03d}"}}
+    base = load_spec(base, list(sets))  # --set applies to the base (task options, arm hyperparameters ...)
+    plan = draw_injection_plan(base, options, num_experiments)
+    base["sweep"] = {"repeats": 1, "seeds": None, "grid": {},
+                     "points": [{"events": [event], "plan.steps": event["step"] + steps_after_injection,
+                                 "seed": seed + i} for i, event in enumerate(plan)]}
+    return resolve(base), plan
+
+
+def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[dict]:
+    trial = Trial(spec)  # the model's shapes and a real batch for activation sizes
+    x, _ = trial.gather(trial.stream.next_batch())
+    try:
+        sizes = site_sizes(trial.arms[0].model, options.target, x)
+        return draw_plan(options, n, spec["seed"], sizes, spec["plan"]["dtype"])
+    except ValueError as exc:
+        raise UserError(f"--layer/--bit: {exc}") from None
+
+
+def run(spec: dict, plan: list[dict], quiet: bool = False) -> Path:
+    from ..study.runner import execute, finish, preflight
+    from ..study.sweep import expand
+
+    plans = expand(spec)
+    preflight(plans[:1])
+    store = StudyStore.create(spec, plans)
+    atomic_write_json(store.root / "all_injection_configs.json",
+                      [{"experiment": i, "seed": p.seed, **{k: p.spec["events"][0][k] for k in INJECTION_KEYS}}
+                       for i, p in enumerate(plans)])
+    if not quiet:
+        print(f"{len(plans)} experiment(s) x {len(spec['arms'])} arm(s); plan: {store.root / 'all_injection_configs.json'}",
+              file=sys.stderr)
+    execute(store, plans, quiet)
+    finish(store, quiet)
+    return store.root
+
+
+# ---------------------------------------------------------------- per experiment
+
+
+def experiment_results(index: int, spec: dict, records: list[dict], injection: dict) -> dict:
+    """results.json of one experiment, from its records and injection_config.json."""
+    frame = pd.DataFrame.from_records(records)
+    evals = frame[frame["kind"] == "eval"]
+    died = {r["arm"]: r["step"] for r in records if r.get("event") == "diverged"}
+    event = spec["events"][0]
+    step = event["step"]
+    arms = {arm["name"]: recovery_metrics(evals[evals["arm"] == arm["name"]], step, died.get(arm["name"]))
+            for arm in spec["arms"]}
+    corruption = {}
+    for arm in arms:
+        realised = injection["arms"].get(arm, {})
+        if realised.get("applied"):
+            change = [abs(n - o) for n, o in zip(realised["new"], realised["old"])]
+            corruption[arm] = max((c for c in change if math.isfinite(c)), default=math.inf)
+            corruption[arm] = corruption[arm] if math.isfinite(corruption[arm]) else None
+        else:
+            corruption[arm] = None
+    return {"experiment": index, "seed": spec["seed"], "injection": {k: event[k] for k in INJECTION_KEYS},
+            "applied": {arm: injection["arms"].get(arm, {}).get("applied", False) for arm in arms},
+            "corruption": corruption, "arms": arms}
+
+
+def write_experiment(folder: Path, index: int) -> dict:
+    config = read_json(folder / "config.json")
+    records = read_jsonl(folder / "metrics.jsonl")
+    results = experiment_results(index, config["spec"], records, read_json(folder / "injection_config.json"))
+    atomic_write_json(folder / "results.json", results)
+    frame = pd.DataFrame.from_records(records)
+    for arm in results["arms"]:
+        history(frame, arm).to_csv(folder / f"history_{arm}.csv", index=False)
+    evals, train = frame[frame["kind"] == "eval"], frame[frame["kind"] == "train"]
+    comparison_plots(evals, results, folder / "comparison_plots.png")
+    recovery_zoom(evals, train, results, folder / "recovery_zoom.png")
+    return results
+
+
+def history(frame: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """One row per step: training loss/accuracy and, where evaluated, held-out loss/accuracy."""
+    mine = frame[frame["arm"] == arm]
+    train = mine[mine["kind"] == "train"][["step", "loss", "accuracy"]].rename(
+        columns={"loss": "train_loss", "accuracy": "train_accuracy"})
+    evals = mine[mine["kind"] == "eval"][["step", "loss", "accuracy"]].rename(
+        columns={"loss": "test_loss", "accuracy": "test_accuracy"})
+    return pd.merge(train, evals, on="step", how="outer").sort_values("step")
+
+
+def finished_results(store: StudyStore) -> list[dict]:
+    out = []
+    for index, folder in store.trial_dirs():
+        if (folder / "summary.json").exists():
+            if not (folder / "results.json").exists():
+                write_experiment(folder, index)
+            out.append(read_json(folder / "results.json"))
+    return out
+
+
+def on_experiment_end(store: StudyStore, plan) -> None:
+    write_experiment(store.trial_dir(plan.index), plan.index)
+    results = finished_results(store)
+    if len(results) % 5 == 0:
+        atomic_write_json(store.root / "intermediate_summary.json",
+                          {"experiments_finished": len(results), "per_arm": aggregate(results),
+                           "head_to_head": head_to_head(results)})
+
+
+# ---------------------------------------------------------------- the final report
+
+
+def trajectories(store: StudyStore, results: list[dict], points: int = 50) -> dict:
+    """Accuracy minus pre-injection accuracy on a common grid of steps after the injection."""
+    span = max(r["plan_steps"] - r["injection"]["step"] for r in results) if results else 1
+    grid = np.linspace(0, span, points)
+    out = {"grid": grid}
+    for arm in results[0]["arms"]:
+        curves = []
+        for r in results:
+            evals = pd.DataFrame.from_records(
+                [x for x in read_jsonl(store.trial_dir(r["experiment"]) / "metrics.jsonl")
+                 if x.get("kind") == "eval" and x.get("arm") == arm])
+            pre = r["arms"][arm]["accuracy_pre"]
+            after = evals[evals["step"] >= r["injection"]["step"]] if len(evals) else evals
+            if pre is None or len(after) == 0:
+                continue
+            rel = after["step"].to_numpy() - r["injection"]["step"]
+            curve = np.interp(grid, rel, after["accuracy"].to_numpy() - pre, right=np.nan)
+            curves.append(curve)
+        out[arm] = np.array(curves) if curves else np.empty((0, points))
+    return out
+
+
+def build_final_report(study_dir: str | Path) -> Path:
+    store = StudyStore.open(study_dir)
+    results = finished_results(store)
+    lines = [f"# Fault recovery: {store.spec['name']}", ""]
+    if not results:
+        path = store.root / "final_report.md"
+        path.write_text("\n".join(lines + ["No experiment has finished yet.", ""]))
+        return path
+    for r in results:
+        r["plan_steps"] = read_json(store.trial_dir(r["experiment"]) / "config.json")["spec"]["plan"]["steps"]
+    summary_visualizations(results, trajectories(store, results), store.root / "summary_visualizations.png")
+    table, pairs = aggregate(results), head_to_head(results)
+    spec, first = store.spec, results[0]["injection"]
+    data = read_json(store.trial_dir(results[0]["experiment"]) / "summary.json").get("data_source", "-")
+    lines += [
+        f"- experiments: {len(results)} of {len(store.meta['trials'])}; arms: {', '.join(table)}",
+        f"- task `{spec['task']['name']}` on {data}; {spec['plan']['dtype']} on {spec['plan']['device']}; "
+        f"batch {spec['plan']['batch_size']}; held-out evaluation every {spec['plan']['eval_every']} steps, right "
+        f"before the injection, and every {first['eval_every_after'] or spec['plan']['eval_every']} steps from it on",
+        f"- fault: {first['fault']} on {first['target']}, {len(first['indices'])} element(s) per fault; "
+        f"injection steps {min(r['injection']['step'] for r in results)}-{max(r['injection']['step'] for r in results)}; "
+        f"the plan is in `all_injection_configs.json`",
+        "- every arm of an experiment starts from the same weights, sees the same batches and is hit at the same "
+        "site and step; intervals are 95% t-intervals over experiments",
+        "", "## Per arm", ""]
+    rows = []
+    for arm, m in table.items():
+        ci = lambda k: _ci(m[k])  # noqa: E731
+        rows.append([arm, ci("accuracy_pre"), ci("accuracy_post"), ci("accuracy_final"), ci("accuracy_change"),
+                     ci("total_recovery"), ci("degradation_rate"), ci("steps_to_recover"), ci("peak_loss_spike"),
+                     f"{m['diverged']}/{m['experiments']}"])
+    lines += [markdown_table(["arm", "acc pre", "acc post", "acc final", "change (final-post)", "total recovery",
+                              "degradation rate", "steps to recover", "peak loss spike", "diverged"], rows), ""]
+    best = max(table, key=lambda a: (table[a]["accuracy_final"]["mean"] or -1, -table[a]["diverged"]))
+    lines += [f"**Best arm** by mean final held-out accuracy: **{best}** "
+              f"({_ci(table[best]['accuracy_final'])}).", "", "## Head to head", "",
+              "Win = higher final held-out accuracy in the same experiment (a diverged arm loses). "
+              "Difference = mean paired difference in final accuracy (A - B) over experiments where both survived, "
+              "with a bootstrap 95% interval and a Wilcoxon signed-rank p-value.", ""]
+    rows = [[p["arm_a"], p["arm_b"], f"{p['wins_a']}-{p['wins_b']}-{p['ties']}", p["win_rate_a"], p["mean_diff"],
+             f"[{fmt(p['ci_low'])}, {fmt(p['ci_high'])}]" if p["ci_low"] is not None else "-", p["p_value"]]
+            for p in pairs]
+    lines += [markdown_table(["A", "B", "wins A-B-ties", "win rate A", "difference", "95% interval", "p"], rows), ""]
+    timing = early_vs_late(results)
+    lines += ["## Early vs late injection", "",
+              f"Mean total recovery for injections at or before step {fmt(timing['median_step'])} (early) and after (late).", ""]
+    lines += [markdown_table(["arm", "early", "late"], [[a, timing[a]["early"], timing[a]["late"]] for a in table]), ""]
+    lines += ["## Divergence", ""]
+    lines += [markdown_table(["arm", "diverged", "rate"], [[a, f"{m['diverged']}/{m['experiments']}", m["divergence_rate"]]
+                                                       for a, m in table.items()]), ""]
+    lines += ["## Findings", ""] + [f"- {f}" for f in findings(table, pairs)] + [""]
+    lines += ["## Figures", "", "![summary](summary_visualizations.png)", "",
+              "Panels: accuracy change per arm (box plots); mean recovery trajectory with a ±1 std band; win-rate "
+              "matrix; degradation-rate distributions; total recovery against the size of the corruption; mean "
+              "total recovery by injection step. Each `experiment_NNN/` has `comparison_plots.png` and "
+              "`recovery_zoom.png` with the injection step marked.", ""]
+    path = store.root / "final_report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def _ci(m: dict) -> str:
+    if m["mean"] is None:
+        return "-"
+    if m["ci_low"] is None:
+        return fmt(m["mean"])
+    return f"{fmt(m['mean'])} [{fmt(m['ci_low'], 3)}, {fmt(m['ci_high'], 3)}]"
+
+
+def findings(table: dict, pairs: list[dict]) -> list[str]:
+    out = []
+    ranked = sorted(table, key=lambda a: table[a]["accuracy_final"]["mean"] or -1, reverse=True)
+    out.append("ranking by mean final held-out accuracy: " + " > ".join(ranked))
+    for p in pairs:
+        if p["p_value"] is not None and p["p_value"] < 0.05:
+            winner = p["arm_a"] if p["mean_diff"] > 0 else p["arm_b"]
+            out.append(f"{winner} beats {p['arm_b'] if winner == p['arm_a'] else p['arm_a']} in final accuracy "
+                       f"(difference {fmt(abs(p['mean_diff']))}, p = {fmt(p['p_value'], 2)})")
+    if not any(p["p_value"] is not None and p["p_value"] < 0.05 for p in pairs):
+        out.append("no pair of arms differs significantly at p < 0.05 with this many experiments")
+    for arm, m in table.items():
+        if m["diverged"]:
+            out.append(f"{arm} diverged in {m['diverged']} of {m['experiments']} experiment(s)")
+    fastest = [a for a in table if table[a]["steps_to_recover"]["mean"] is not None]
+    if fastest:
+        a = min(fastest, key=lambda k: table[k]["steps_to_recover"]["mean"])
+        out.append(f"fastest to recover to within 0.01 of its pre-injection accuracy: {a} "
+                   f"({fmt(table[a]['steps_to_recover']['mean'])} steps on average)")
+    return out
+
+
+REPORTS.register("fault-recovery", ReportDef(build_final_report, on_experiment_end,
+                                             doc="fault-recovery outputs per experiment and final_report.md"))
+
+
+# ---------------------------------------------------------------- replay
+
+
+def replay(experiment_dir: str | Path) -> tuple[bool, list[str]]:
+    """Re-run one experiment from its config.json and compare with what it stored."""
+    folder = Path(experiment_dir)
+    for name in ("config.json", "results.json", "injection_config.json"):
+        if not (folder / name).is_file():
+            raise UserError(f"{str(folder)!r} is not a finished fault experiment (no {name})")
+    config = read_json(folder / "config.json")
+    spec = load_spec(config["spec"])
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = _ListSink()
+        Trial(spec, sink=sink, artifact_dir=Path(tmp)).run()
+        injection = read_json(Path(tmp) / "injection_config.json")
+        fresh = experiment_results(config["index"], spec, sink.records, injection)
+        batch_same = _same_npz(folder / "injection_batch.npz", Path(tmp) / "injection_batch.npz")
+    stored = read_json(folder / "results.json")
+    problems = [f"results.json differs at {key}" for key in _diff(stored, json.loads(json.dumps(fresh)))]
+    if read_json(folder / "injection_config.json")["arms"] != json.loads(json.dumps(injection["arms"])):
+        problems.append("the realised fault values (injection_config.json) differ")
+    if not batch_same:
+        problems.append("the injection batch (injection_batch.npz) differs")
+    return not problems, problems
+
+
+class _ListSink:
+    def __init__(self):
+        self.records = []
+
+    def log(self, record):
+        self.records.append(copy.deepcopy(record))
+
+    def flush(self):
+        pass
+
+
+def _same_npz(a: Path, b: Path) -> bool:
+    if not a.exists() or not b.exists():
+        return a.exists() == b.exists()
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        return set(x.files) == set(y.files) and all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def _diff(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [d for k in sorted(keys) for d in _diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return [] if same else [path]
