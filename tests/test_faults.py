@@ -58,7 +58,7 @@ def fault_trial(event: dict, arms=None, steps=6, dtype="float32", tmp_path=None,
     trial = Trial(load_spec(spec), artifact_dir=tmp_path)
     trial.hooks += list(extra_hooks)
     summary = trial.run()
-    return trial, summary, trial.hooks[0].records
+    return trial, summary, trial.hooks[0].realised()
 
 
 def test_weight_bitflip_lands_exactly_and_identically_in_every_arm(tmp_path):

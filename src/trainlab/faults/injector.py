@@ -19,7 +19,7 @@ from ..engine.events import EVENTS, EventDef
 from ..engine.hooks import Hook
 from ..errors import SpecError
 from ..spec import Strict
-from .models import FAULTS, apply_fault
+from .models import FAULTS, Fault
 from .targets import STATE_KEYS, TARGETS, activation_modules, state_entry
 
 
@@ -52,6 +52,7 @@ class FaultInjector(Hook):
         self.last_step = options["step"] + (options["duration"] - 1 if options["fault"] == "stuck" else 0)
         self.records: dict[str, dict] = {}
         self.handles: dict[str, object] = {}  # forward hooks of activation faults, per arm
+        self.sites: dict[str, object] = {}  # per arm: the parameter or module the fault hits
         self.batch = None
 
     def active(self, arm, step) -> bool:
@@ -65,6 +66,12 @@ class FaultInjector(Hook):
         if every:
             trial.eval_steps.update(range(step, trial.total_steps + 1, every))
         self.check_site(trial)
+        self.index = torch.tensor(self.o["indices"], device=trial.device)
+        self.faults: dict[torch.dtype, Fault] = {}
+        for arm in trial.arms:  # look the site up once: the injected step should cost nothing extra
+            named = activation_modules(arm.model) if self.o["target"] == "activations" else dict(arm.model.named_parameters())
+            self.sites[arm.name] = named[self.o["tensor"]]
+        self.fault_for(torch.empty(0, dtype=trial.dtype, device=trial.device))
 
     def check_site(self, trial):
         model = trial.arms[0].model
@@ -88,24 +95,20 @@ class FaultInjector(Hook):
         if not self.active(arm, step):
             return
         if step == self.o["step"] and self.batch is None:
-            x, y = trial.step_batch
-            self.batch = {"indices": trial.indices.cpu().numpy(), "inputs": x.detach().cpu().numpy(),
-                          "targets": y.detach().cpu().numpy()}
-        target = self.o["target"]
+            # references only: the step's batch is never edited in place, so it is saved at the end
+            self.batch = {"indices": trial.indices, "inputs": trial.step_batch[0], "targets": trial.step_batch[1]}
+        target, site = self.o["target"], self.sites[arm.name]
         if target == "weights":
-            param = dict(arm.model.named_parameters())[self.o["tensor"]]
-            self.corrupt(arm, step, param.data)
+            self.corrupt(arm, step, site.data)
         elif target == "optimizer_state":
-            param = dict(arm.model.named_parameters())[self.o["tensor"]]
-            key, tensor = state_entry(arm.optimizer, param, self.o["state"])
+            key, tensor = state_entry(arm.optimizer, site, self.o["state"])
             if tensor is None:
                 self.note(arm, step, applied=False, reason=f"{arm.spec['optimizer']} keeps no {self.o['state']} "
                                                            f"for {self.o['tensor']} at this step")
             else:
                 self.corrupt(arm, step, tensor, state_key=key)
         elif target == "activations":
-            module = activation_modules(arm.model)[self.o["tensor"]]
-            self.handles[arm.name] = module.register_forward_hook(
+            self.handles[arm.name] = site.register_forward_hook(
                 lambda m, inputs, out: self.corrupt_output(arm, step, out))
 
     def after_backward(self, trial, arm, step):
@@ -113,58 +116,69 @@ class FaultInjector(Hook):
         if handle is not None:
             handle.remove()
         if self.active(arm, step) and self.o["target"] == "gradients":
-            param = dict(arm.model.named_parameters())[self.o["tensor"]]
-            if param.grad is None:
+            grad = self.sites[arm.name].grad
+            if grad is None:
                 self.note(arm, step, applied=False, reason="no gradient")
             else:
-                self.corrupt(arm, step, param.grad)
+                self.corrupt(arm, step, grad)
 
     # ------------------------------------------------------------ the corruption itself
 
     @torch.no_grad()
     def corrupt(self, arm, step, tensor: torch.Tensor, **extra) -> None:
         flat = tensor.view(-1)
-        index = torch.tensor(self.o["indices"], device=flat.device)
-        old = flat[index]
-        new = apply_fault(old, self.o["fault"], self.o["bits"], self.o["values"])
-        flat[index] = new
-        self.note(arm, step, applied=True, old=old, new=flat[index], **extra)
+        old = flat[self.index]  # a gather: a fresh tensor, safe to keep
+        new = self.fault_for(old)(old)
+        flat[self.index] = new
+        self.note(arm, step, applied=True, old=old, new=new, **extra)
 
-    def corrupt_output(self, arm, step, output: torch.Tensor) -> torch.Tensor:
-        flat = output.reshape(-1)
+    def corrupt_output(self, arm, step, output: torch.Tensor):
+        flat = output.view(-1) if output.is_contiguous() else output.reshape(-1)
         if max(self.o["indices"]) >= flat.numel():
             self.note(arm, step, applied=False, reason=f"output of {self.o['tensor']} has {flat.numel()} elements")
-            return output
-        index = torch.tensor(self.o["indices"], device=flat.device)
-        old = flat[index].detach()
-        new = apply_fault(old, self.o["fault"], self.o["bits"], self.o["values"])
-        corrupted = flat.index_put((index,), new).view_as(output)
+            return None
+        old = flat[self.index].detach()
+        new = self.fault_for(old)(old)
         self.note(arm, step, applied=True, old=old, new=new)
-        return corrupted
+        if output.is_contiguous() and not hasattr(output.grad_fn, "_saved_result"):
+            flat[self.index] = new  # in place: the op that made it did not keep its output for backward
+            return None
+        return flat.index_put((self.index,), new).view_as(output)
+
+    def fault_for(self, old: torch.Tensor) -> Fault:
+        """The fault model prepared for this dtype (state and activations may differ from weights)."""
+        if old.dtype not in self.faults:
+            self.faults[old.dtype] = Fault(self.o["fault"], self.o["bits"], self.o["values"], old.dtype, old.device)
+        return self.faults[old.dtype]
 
     def note(self, arm, step, applied: bool, old=None, new=None, **extra) -> None:
         if arm.name in self.records:  # a stuck fault: keep the first application, count the rest
             self.records[arm.name]["applications"] += int(applied)
             return
         record = {"applied": applied, "step": step, "applications": int(applied), **extra}
-        if old is not None:
-            record["old"] = [float(v) for v in old.double().cpu()]
-            record["new"] = [float(v) for v in new.double().cpu()]
+        if old is not None:  # fresh tensors now, numbers at the end: nothing slow inside the step
+            record["old"], record["new"] = old, new
         self.records[arm.name] = record
 
     # ------------------------------------------------------------ records
+
+    def realised(self) -> dict:
+        """Per arm: applied, step, and the old and new values as float64 numbers."""
+        return {arm: {k: v.double().cpu().tolist() if torch.is_tensor(v) else v for k, v in record.items()}
+                for arm, record in self.records.items()}
 
     def on_end(self, trial):
         if trial.artifact_dir is None:
             return
         trial.artifact_dir.mkdir(parents=True, exist_ok=True)
         config = {**{k: v for k, v in self.o.items() if k != "kind"}, "seed": trial.seed,
-                  "dtype": trial.plan["dtype"], "arms": self.records}
+                  "dtype": trial.plan["dtype"], "arms": self.realised()}
         tmp = trial.artifact_dir / ".injection_config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2, allow_nan=True))
         tmp.replace(trial.artifact_dir / "injection_config.json")
         if self.batch is not None:
-            np.savez(trial.artifact_dir / "injection_batch.npz", **self.batch)
+            np.savez(trial.artifact_dir / "injection_batch.npz",
+                     **{k: v.detach().cpu().numpy() for k, v in self.batch.items()})
 
 
 EVENTS.register("fault", EventDef(FaultOptions, FaultInjector, doc="inject one fault into every arm at one site and step"))

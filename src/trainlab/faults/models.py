@@ -27,27 +27,46 @@ def bit_mask(bits: list[int], width: int) -> int:
 
 def flip_bits(values: torch.Tensor, bits: list[list[int]]) -> torch.Tensor:
     """Flip bits[i] of the IEEE representation of values[i] (float16/bfloat16/float32/float64)."""
-    if values.dtype not in INT_VIEW:
-        raise ValueError(f"bit flips need a float16, bfloat16, float32 or float64 tensor, not {values.dtype}")
-    width = WIDTH[values.dtype]
-    ints = values.detach().contiguous().view(INT_VIEW[values.dtype]).clone()
-    masks = torch.tensor([bit_mask(b, width) for b in bits], dtype=ints.dtype, device=ints.device)
+    return xor_bits(values, bit_masks(bits, values.dtype, values.device))
+
+
+def bit_masks(bits: list[list[int]], dtype: torch.dtype, device=None) -> torch.Tensor:
+    """The XOR masks of `bits`, as integers of the same width as `dtype`."""
+    if dtype not in INT_VIEW:
+        raise ValueError(f"bit flips need a float16, bfloat16, float32 or float64 tensor, not {dtype}")
+    return torch.tensor([bit_mask(b, WIDTH[dtype]) for b in bits], dtype=INT_VIEW[dtype], device=device)
+
+
+def xor_bits(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    ints = values.detach().contiguous().view(masks.dtype)
     return torch.bitwise_xor(ints, masks).view(values.dtype)
+
+
+class Fault:
+    """A fault model with its numbers turned into tensors once, for one dtype and device,
+    so applying it inside a training step costs a few small kernels."""
+
+    def __init__(self, fault: str, bits, values, dtype: torch.dtype, device):
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; allowed: {', '.join(FAULTS)}")
+        self.fault = fault
+        self.masks = bit_masks(bits, dtype, device) if fault == "bitflip" else None
+        self.values = torch.tensor(values, dtype=dtype, device=device) if values is not None else None
+
+    def __call__(self, old: torch.Tensor) -> torch.Tensor:
+        if self.fault == "bitflip":
+            return xor_bits(old, self.masks)
+        if self.fault in ("value", "stuck"):
+            return self.values.clone()
+        if self.fault == "zero":
+            return torch.zeros_like(old)
+        if self.fault == "sign_flip":
+            return -old
+        if self.fault == "add_noise":
+            return old + self.values
+        return old * (1 + self.values)  # mul_noise
 
 
 def apply_fault(old: torch.Tensor, fault: str, bits=None, values=None) -> torch.Tensor:
     """New values for the selected elements `old` (a 1-D tensor)."""
-    if fault == "bitflip":
-        return flip_bits(old, bits)
-    if fault in ("value", "stuck"):
-        return torch.tensor(values, dtype=old.dtype, device=old.device)
-    if fault == "zero":
-        return torch.zeros_like(old)
-    if fault == "sign_flip":
-        return -old
-    draws = torch.tensor(values, dtype=old.dtype, device=old.device)
-    if fault == "add_noise":
-        return old + draws
-    if fault == "mul_noise":
-        return old * (1 + draws)
-    raise ValueError(f"unknown fault {fault!r}; allowed: {', '.join(FAULTS)}")
+    return Fault(fault, bits, values, old.dtype, old.device)(old)
