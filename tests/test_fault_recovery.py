@@ -42,6 +42,7 @@ def test_the_plan_was_drawn_up_front_and_every_arm_was_hit_at_the_same_site(stud
         injection = read_json(folder / "injection_config.json")
         assert injection["step"] == entry["step"] and injection["indices"] == entry["indices"]
         assert injection["tensor"] == entry["tensor"] and 5 <= entry["step"] <= 15
+        assert entry["epoch"] * (1000 // 64) + entry["step_in_epoch"] == entry["step"]
         for arm, realised in injection["arms"].items():
             assert realised["applied"] and realised["step"] == entry["step"]
             assert realised["new"] == pytest.approx(entry["values"], rel=1e-6)  # float32 of the drawn values

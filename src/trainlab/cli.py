@@ -181,7 +181,7 @@ def cmd_fault_recovery(args) -> int:
     if args.bit_range:
         plan["bit_range"] = "exponent" if args.bit_range == "exponent" else parse_range("--bit-range", args.bit_range, int)
     try:
-        spec, injections = fault_recovery.build_spec(
+        spec, _ = fault_recovery.build_spec(
             num_experiments=args.num_experiments, steps_after_injection=args.steps_after_injection,
             optimizers=args.optimizers, seed=args.seed, learning_rate=args.learning_rate, task=args.task,
             mitigations=args.mitigations, plan_options=plan, batch_size=args.batch_size, eval_every=args.eval_every,
@@ -194,7 +194,7 @@ def cmd_fault_recovery(args) -> int:
             (f for f in ("window", "value_range", "bit_range") if message.startswith(f)), "fault")
         flag = {"window": "--injection-window"}.get(field, f"--{field.replace('_', '-')}")
         raise UserError(f"{flag}: {message}") from None
-    print(fault_recovery.run(spec, injections, quiet=args.quiet))
+    print(fault_recovery.run(spec, quiet=args.quiet))
     return 0
 
 

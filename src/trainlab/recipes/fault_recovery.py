@@ -91,22 +91,25 @@ def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[d
         raise UserError(f"--layer/--bit: {exc}") from None
 
 
-def run(spec: dict, plan: list[dict], quiet: bool = False) -> Path:
-    from ..study.runner import execute, finish, preflight
-    from ..study.sweep import expand
+def run(spec: dict, quiet: bool = False) -> Path:
+    from ..study.runner import run_study
 
-    plans = expand(spec)
-    preflight(plans[:1])
-    store = StudyStore.create(spec, plans)
-    atomic_write_json(store.root / "all_injection_configs.json",
-                      [{"experiment": i, "seed": p.seed, **{k: p.spec["events"][0][k] for k in INJECTION_KEYS}}
-                       for i, p in enumerate(plans)])
+    return run_study(spec, quiet=quiet, on_create=lambda store, plans: write_plan(store, plans, quiet))
+
+
+def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
+    """all_injection_configs.json: every experiment's fault, written before any training."""
+    per_epoch = Trial(plans[0].spec).stream.steps_per_epoch
+    entries = []
+    for i, p in enumerate(plans):
+        event = p.spec["events"][0]
+        epoch, within = divmod(event["step"] - 1, per_epoch)  # step s is the s-th update: (epoch, step within it)
+        entries.append({"experiment": i, "seed": p.seed, "epoch": epoch, "step_in_epoch": within + 1,
+                        **{k: event[k] for k in INJECTION_KEYS}})
+    atomic_write_json(store.root / "all_injection_configs.json", entries)
     if not quiet:
-        print(f"{len(plans)} experiment(s) x {len(spec['arms'])} arm(s); plan: {store.root / 'all_injection_configs.json'}",
-              file=sys.stderr)
-    execute(store, plans, quiet)
-    finish(store, quiet)
-    return store.root
+        print(f"{len(plans)} experiment(s) x {len(store.spec['arms'])} arm(s); plan: "
+              f"{store.root / 'all_injection_configs.json'}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- per experiment

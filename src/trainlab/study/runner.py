@@ -56,12 +56,16 @@ def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, exec
     (executor or InlineExecutor()).run(todo, one)
 
 
-def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False) -> Path:
-    """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory."""
+def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
+              on_create=None) -> Path:
+    """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory.
+    `on_create(store, plans)` may add files to the new study directory before any trial runs."""
     spec = load_spec(spec, overrides)
     plans = expand(spec)
     preflight(plans)
     store = StudyStore.create(spec, plans)
+    if on_create is not None:
+        on_create(store, plans)
     execute(store, plans, quiet)
     finish(store, quiet)
     return store.root
