@@ -77,8 +77,7 @@ def injection_cost(task: str, target: str, repeats: int = 20) -> tuple[float, fl
         trial.hooks[0] = Timed(trial.hooks[0].o)
         trial.hooks[0].on_start(trial)
         for step in range(1, 6):
-            trial.indices = trial.stream.next_batch()
-            trial.step_batch = trial.gather(trial.indices)
+            trial.indices, trial.step_batch = trial.next_batch()
             Timed.spent = 0.0
             start = time.perf_counter()
             for arm in trial.arms:

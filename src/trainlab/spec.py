@@ -90,7 +90,14 @@ class EventSpec(Open):
 
 class ProbeSpec(Open):
     kind: str
-    every: int = Field(50, gt=0, description="run the probe every `every` steps")
+    every: int | Literal["epoch"] = Field(50, description="run the probe every N steps, or every epoch")
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, value):
+        if value != "epoch" and value <= 0:
+            raise ValueError("must be a positive number of steps or 'epoch'")
+        return value
 
 
 class SweepSpec(Strict):
@@ -153,11 +160,21 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
 def read_spec_file(path: str | Path) -> dict:
-    """Read a YAML or JSON spec file into a dict; every failure is a one-line UserError."""
+    """Read a YAML or JSON spec file (or a preset shipped with trainlab, by name) into a dict;
+    every failure is a one-line UserError."""
     path = Path(path)
+    if not path.is_file() and str(path) in presets():
+        path = PRESETS / f"{path}.yaml"
     if not path.is_file():
-        raise UserError(f"spec file {str(path)!r} not found")
+        raise UserError(f"spec file {str(path)!r} not found (presets: {', '.join(presets())})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

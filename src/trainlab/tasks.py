@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from .data.mnist import load_mnist
 from .data.shakespeare import load_shakespeare_text
-from .models import GPT, GPTConfig, PooledMLP, SmallCNN
+from .data.synthetic import sparse_signals
+from .models import GPT, Denoiser, GPTConfig, PooledMLP, SmallCNN
 from .registry import Registry
 from .spec import Strict
 
@@ -32,16 +33,18 @@ def register_task(cls):
 
 @dataclass
 class TaskData:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
+    x_train: torch.Tensor | None  # None for tasks that generate their training samples
+    y_train: torch.Tensor | None
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str  # where the data came from, shown in every report
     extras: dict = field(default_factory=dict)
+    sample: object = None  # generated tasks: sample(batch_size, generator) -> (inputs, targets)
+    samples_per_epoch: int = 0
 
     @property
     def n_train(self) -> int:
-        return len(self.y_train)
+        return self.samples_per_epoch if self.sample is not None else len(self.y_train)
 
 
 class Task:
@@ -50,13 +53,18 @@ class Task:
     Options: type[Strict]
     language_model = False
 
-    def load(self, opts) -> TaskData:
+    def load(self, opts, seed: int = 0) -> TaskData:
+        """The task's data; `seed` only matters to tasks that generate data (validation sets)."""
         raise NotImplementedError
 
     def make_model(self, opts, data: TaskData) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def penalty(self, opts, model: nn.Module) -> torch.Tensor | None:
+        """A regularisation term added to the training loss (None: none)."""
+        return None
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor, reduction: str = "mean", opts=None) -> torch.Tensor:
         return F.cross_entropy(output.flatten(0, -2), target.flatten(), reduction=reduction)
 
     def count_correct(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -76,7 +84,7 @@ class MnistOptions(Strict):
 
 
 class MnistTask(Task):
-    def load(self, opts) -> TaskData:
+    def load(self, opts, seed: int = 0) -> TaskData:
         mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize)
         return TaskData(mnist.train.images, mnist.train.labels, mnist.test.images, mnist.test.labels,
                         source=mnist.source)
@@ -164,7 +172,7 @@ class ShakespeareGPT(Task):
     doc = "character-level GPT on tiny-shakespeare (952 parameters at the defaults)"
     language_model = True
 
-    def load(self, opts) -> TaskData:
+    def load(self, opts, seed: int = 0) -> TaskData:
         return _shakespeare_data(opts.n_chars, opts.block_size, opts.stride, opts.train_fraction)
 
     def make_model(self, opts, data):
@@ -181,6 +189,66 @@ def _shakespeare_data(n_chars: int, block_size: int, stride: int, train_fraction
     x_test, y_test = windows(tokens[cut:], block_size, stride)
     return TaskData(x_train, y_train, x_test, y_test,
                     source=f"tiny-shakespeare, first {len(text):,} characters, vocabulary {VOCAB!r}")
+
+
+# ---------------------------------------------------------------- two-layer denoiser
+
+
+class DenoiseOptions(Strict):
+    dim: int = Field(1024, gt=1, description="signal dimension d")
+    hidden: int = Field(512, gt=0, description="hidden width h")
+    sparsity: int = Field(2, gt=0, description="ones per clean signal")
+    noise_variance: float = Field(0.005, ge=0)
+    lambda_on: float = Field(16.0, gt=0, description="weight of the on-support squared error")
+    encoder_scale: float = Field(0.03, gt=0, description="fc1 init: Xavier-normal times this")
+    decoder_scale: float = Field(0.03, gt=0, description="fc2 init: Xavier-normal times this")
+    l2_encoder: float = Field(0.0, ge=0, description="L2 penalty on fc1.weight")
+    l2_decoder: float = Field(0.0, ge=0, description="L2 penalty on fc2.weight")
+    samples_per_epoch: int = Field(300_000, gt=0, description="fresh training samples per epoch")
+    n_val: int = Field(5000, gt=0, description="validation samples (fixed per trial seed)")
+
+    @model_validator(mode="after")
+    def _sparsity(self):
+        if self.sparsity > self.dim:
+            raise ValueError(f"sparsity ({self.sparsity}) cannot exceed dim ({self.dim})")
+        return self
+
+
+@register_task
+class Denoise2Layer(Task):
+    name, Options = "denoise-2layer", DenoiseOptions
+    doc = "two-layer denoiser of sparse signals, tanh^3 hidden units, fresh samples every step"
+
+    def load(self, opts, seed: int = 0) -> TaskData:
+        def sample(n: int, generator: torch.Generator):
+            return sparse_signals(n, opts.dim, opts.sparsity, opts.noise_variance, generator)
+
+        x_val, y_val = sample(opts.n_val, torch.Generator().manual_seed(seed))
+        return TaskData(None, None, x_val, y_val, sample=sample, samples_per_epoch=opts.samples_per_epoch,
+                        source=f"sparse signals: d {opts.dim}, {opts.sparsity} ones, noise variance "
+                               f"{opts.noise_variance}, generated from the trial seed")
+
+    def make_model(self, opts, data):
+        return Denoiser(opts.dim, opts.hidden, opts.encoder_scale, opts.decoder_scale)
+
+    def loss(self, output, target, reduction: str = "mean", opts=None):
+        """scaled_mse: lambda_on * sum_on (out - x*)^2 + sum_off out^2, summed over coordinates."""
+        weight = 1.0 + ((opts or self.Options()).lambda_on - 1.0) * target
+        per_sample = ((output - target) ** 2 * weight).sum(dim=1)
+        return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+    def count_correct(self, output, target):
+        """Support recovery: the largest `sparsity` outputs sit exactly on the clean signal's ones."""
+        k = int(target[0].sum().item())
+        guess = output.topk(k, dim=1).indices.sort(dim=1).values
+        truth = target.topk(k, dim=1).indices.sort(dim=1).values
+        return (guess == truth).all(dim=1).sum(), len(target)
+
+    def penalty(self, opts, model):
+        terms = [opts.l2_encoder * model.fc1.weight.square().sum() if opts.l2_encoder else None,
+                 opts.l2_decoder * model.fc2.weight.square().sum() if opts.l2_decoder else None]
+        terms = [t for t in terms if t is not None]
+        return sum(terms) if terms else None
 
 
 def perplexity(loss: float) -> float:

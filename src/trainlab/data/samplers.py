@@ -38,3 +38,24 @@ class IndexStream:
             usable = (self.n // self.batch_size) * self.batch_size
             self._epoch_batches = list(perm[:usable].split(self.batch_size))[::-1]
         return self._epoch_batches.pop()
+
+
+class GeneratedStream:
+    """Fresh samples every step from a task's sampler and a seeded generator (no fixed set).
+
+    `sample(batch_size, generator)` returns (inputs, targets); an epoch is
+    `samples_per_epoch // batch_size` steps."""
+
+    sampler = "generated"
+
+    def __init__(self, sample, samples_per_epoch: int, batch_size: int, seed: int):
+        self.sample, self.batch_size = sample, batch_size
+        self.samples_per_epoch = samples_per_epoch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.samples_per_epoch // self.batch_size)
+
+    def next_batch(self):
+        return self.sample(self.batch_size, self.generator)

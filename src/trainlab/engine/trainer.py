@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.samplers import IndexStream
+from ..data.samplers import GeneratedStream, IndexStream
 from ..errors import SpecError, UserError
 from ..faults.mitigations import ROLLBACK, SKIP, STEP
 from ..optim import build_optimizer, lr_factor, set_lr_factor
@@ -85,14 +85,20 @@ class Trial:
         self.options = self.task.Options(**{k: v for k, v in spec["task"].items() if k != "name"})
         self.device = self._device(self.plan["device"])
         self.dtype = DTYPES[self.plan["dtype"]]
-        self.data = self.task.load(self.options)
-        self.x_train, self.y_train = self._to_device(self.data.x_train, self.data.y_train)
+        self.data = self.task.load(self.options, seed=derive_seed(self.seed, "task-data"))
+        self.generated = self.data.sample is not None
+        if self.generated:  # fresh samples every step
+            self.x_train = self.y_train = None
+            self.stream = GeneratedStream(self.data.sample, self.data.samples_per_epoch, self.plan["batch_size"],
+                                          derive_seed(self.seed, "data"))
+        else:
+            self.x_train, self.y_train = self._to_device(self.data.x_train, self.data.y_train)
+            try:
+                self.stream = IndexStream(self.data.n_train, self.plan["batch_size"], self.plan["sampler"],
+                                          derive_seed(self.seed, "data"))
+            except ValueError as exc:
+                raise SpecError("plan.batch_size", str(exc)) from None
         self.x_test, self.y_test = self._to_device(self.data.x_test, self.data.y_test)
-        try:
-            self.stream = IndexStream(self.data.n_train, self.plan["batch_size"], self.plan["sampler"],
-                                      derive_seed(self.seed, "data"))
-        except ValueError as exc:
-            raise SpecError("plan.batch_size", str(exc)) from None
         self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
         initial = self._initial_model()
         self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
@@ -102,6 +108,7 @@ class Trial:
         self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
         self.forward_seed = derive_seed(self.seed, "forward", 0)
         self.step_batch: tuple | None = None
+        self.last_probes: dict[str, dict] = {}
         self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
 
     # ------------------------------------------------------------ set-up
@@ -138,12 +145,22 @@ class Trial:
         model = copy.deepcopy(initial)
         model.train()
         entry = plugins.optimizers.get(arm["optimizer"])
+        if entry.full_batch and self.generated:
+            raise SpecError(f"arms.{arm['name']}.optimizer", f"{arm['optimizer']!r} needs a fixed training set, "
+                                                          f"but task {self.task.name!r} generates fresh samples")
         guards = [plugins.mitigations.get(m["kind"]).make(m) for m in arm["mitigations"]]
         return ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch, guards=guards)
 
     # ------------------------------------------------------------ records
 
+    def seed_for(self, purpose: str) -> int:
+        """A seed for one purpose of this trial (a probe's sample, ...)."""
+        return derive_seed(self.seed, purpose)
+
     def log(self, record: dict) -> None:
+        if record.get("kind") == "probe":  # the latest values of each probe go into the summary
+            self.last_probes.setdefault(record["arm"], {})[record["probe"]] = {
+                k: v for k, v in record.items() if k not in ("kind", "probe", "arm")}
         if self.sink is not None:
             self.sink.log(record)
 
@@ -158,8 +175,7 @@ class Trial:
         self.evaluate(0)
         for step in range(1, self.total_steps + 1):
             self.step = step
-            self.indices = self.stream.next_batch()  # one draw per step, shared by every arm
-            self.step_batch = self.gather(self.indices)
+            self.indices, self.step_batch = self.next_batch()  # one draw per step, shared by every arm
             self.forward_seed = derive_seed(self.seed, "forward", step)
             for arm in self.arms:
                 if arm.alive:
@@ -179,6 +195,13 @@ class Trial:
         if self.sink is not None:
             self.sink.flush()
         return self.summary()
+
+    def next_batch(self):
+        """(sample indices or None for generated data, (inputs, targets) on the trial's device)."""
+        if self.generated:
+            return None, self._to_device(*self.stream.next_batch())
+        indices = self.stream.next_batch()
+        return indices, self.gather(indices)
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         indices = indices.to(self.device)
@@ -222,8 +245,9 @@ class Trial:
         self.seed_forward()
         arm.optimizer.zero_grad(set_to_none=True)
         output = arm.model(x)
-        loss = self.task.loss(output, y)
-        loss.backward()
+        loss = self.task.loss(output, y, opts=self.options)
+        penalty = self.task.penalty(self.options, arm.model)
+        (loss if penalty is None else loss + penalty).backward()
         self._hooks("after_backward", arm, step)
         return loss.item(), output
 
@@ -280,7 +304,7 @@ class Trial:
         for start in range(0, len(self.y_test), size):
             x, y = self.x_test[start:start + size], self.y_test[start:start + size]
             output = model(x)
-            total_loss += self.task.loss(output, y, reduction="sum").item()
+            total_loss += self.task.loss(output, y, reduction="sum", opts=self.options).item()
             hits, n = self.task.count_correct(output, y)
             correct, count, items = correct + hits.item(), count + n, items + y.numel()
         model.train(was_training)
@@ -307,6 +331,8 @@ class Trial:
                 "diverged_reason": arm.diverged_reason,
                 "time_s": round(arm.time_s, 4),
             }
+            if arm.name in self.last_probes:
+                arms[arm.name]["probes"] = self.last_probes[arm.name]
             if self.task.language_model and arm.alive:
                 arms[arm.name]["sample"] = sample_text(arm.model, " ", 64, 0.8, derive_seed(self.seed, "sample"))
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,

@@ -96,7 +96,9 @@ class FaultInjector(Hook):
             return
         if step == self.o["step"] and self.batch is None:
             # references only: the step's batch is never edited in place, so it is saved at the end
-            self.batch = {"indices": trial.indices, "inputs": trial.step_batch[0], "targets": trial.step_batch[1]}
+            self.batch = {"inputs": trial.step_batch[0], "targets": trial.step_batch[1]}
+            if trial.indices is not None:  # generated data has no sample indices
+                self.batch["indices"] = trial.indices
         target, site = self.o["target"], self.sites[arm.name]
         if target == "weights":
             self.corrupt(arm, step, site.data)

@@ -1,7 +1,8 @@
 """Small models whose every parameter a reader can account for."""
 
 from .cnn import SmallCNN
+from .denoiser import Denoiser
 from .gpt import GPT, GPTConfig
 from .mlp import PooledMLP
 
-__all__ = ["GPT", "GPTConfig", "PooledMLP", "SmallCNN"]
+__all__ = ["Denoiser", "GPT", "GPTConfig", "PooledMLP", "SmallCNN"]

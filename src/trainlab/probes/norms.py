@@ -5,7 +5,7 @@ from pydantic import Field
 
 from ..engine.hooks import Hook
 from ..spec import Strict
-from .registry import PROBES, ProbeDef
+from .registry import PROBES, ProbeDef, probe_every
 
 
 class NormsOptions(Strict):
@@ -14,10 +14,14 @@ class NormsOptions(Strict):
 
 class NormsProbe(Hook):
     def __init__(self, options: dict):
-        self.every = options["every"]
+        self.options = options
+        self.every = 1
         self.names = options["params"]
         self._before: dict[str, dict[str, torch.Tensor]] = {}
         self._grads: dict[str, dict[str, float]] = {}
+
+    def on_start(self, trial):
+        self.every = probe_every(trial, self.options["every"])
 
     def _watched(self, arm):
         return [(n, p) for n, p in arm.model.named_parameters() if self.names is None or n in self.names]

@@ -83,7 +83,7 @@ def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("ad
 
 def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[dict]:
     trial = Trial(spec)  # the model's shapes and a real batch for activation sizes
-    x, _ = trial.gather(trial.stream.next_batch())
+    _, (x, _) = trial.next_batch()
     try:
         sizes = site_sizes(trial.arms[0].model, options.target, x)
         return draw_plan(options, n, spec["seed"], sizes, spec["plan"]["dtype"])
