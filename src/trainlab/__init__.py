@@ -12,9 +12,10 @@ __version__ = "0.1.0"
 from .analysis import load, load_summaries  # noqa: E402
 from .engine import Hook, Trial  # noqa: E402
 from .errors import SpecError, UserError  # noqa: E402
+from .profiler import ProfileRecord, profile_batch_sizes  # noqa: E402
 from .report import build_report  # noqa: E402
 from .spec import load_spec  # noqa: E402
 from .study import resume_study, run_study  # noqa: E402
 
-__all__ = ["Hook", "SpecError", "Trial", "UserError", "__version__", "build_report", "load", "load_spec",
-           "load_summaries", "resume_study", "run_study"]
+__all__ = ["Hook", "ProfileRecord", "SpecError", "Trial", "UserError", "__version__", "build_report", "load", "load_spec",
+           "load_summaries", "profile_batch_sizes", "resume_study", "run_study"]

@@ -51,6 +51,16 @@ def build_parser() -> Parser:
 
     add_fault_commands(sub)
 
+    prof = sub.add_parser("profile-batch-size", help="time and memory of a spec at several batch sizes")
+    prof.add_argument("spec", help="YAML or JSON spec file, or a preset name")
+    prof.add_argument("--batch-sizes", type=int, nargs="+", required=True, metavar="B")
+    prof.add_argument("--epochs", type=float, default=1.0)
+    prof.add_argument("--memory-budget", metavar="SIZE", help="e.g. 4GB (default: --budget-fraction of the device)")
+    prof.add_argument("--budget-fraction", type=float, default=0.8)
+    prof.add_argument("--output", default="batch_size_profile.md", metavar="FILE")
+    prof.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE")
+    add_common(prof)
+
     sub.add_parser("tasks", help="list tasks and their options")
     sub.add_parser("optimizers", help="list optimizers and their hyperparameters")
     return parser
@@ -198,6 +208,25 @@ def cmd_fault_recovery(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from .profiler import device_memory, parse_size, profile_batch_sizes, write_report
+    from .spec import load_spec
+
+    if any(b <= 0 for b in args.batch_sizes):
+        raise UserError("--batch-sizes: every size must be a positive integer")
+    if args.epochs <= 0:
+        raise UserError("--epochs: must be positive")
+    if not 0 < args.budget_fraction <= 1:
+        raise UserError("--budget-fraction: must be in (0, 1]")
+    spec = load_spec(args.spec, args.sets)
+    budget = parse_size(args.memory_budget) if args.memory_budget else int(
+        args.budget_fraction * device_memory(spec["plan"]["device"]))
+    records = profile_batch_sizes(spec, args.batch_sizes, args.epochs, budget, quiet=args.quiet)
+    output = write_report(records, budget, spec, args.epochs, args.output)
+    print(output.read_text())
+    return 0
+
+
 def cmd_fault(args) -> int:
     from .recipes.fault_recovery import replay
 
@@ -211,7 +240,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

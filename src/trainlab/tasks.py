@@ -70,6 +70,10 @@ class Task:
     def count_correct(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         return (output.argmax(-1) == target).sum(), target.numel()
 
+    def loss_items(self, target: torch.Tensor) -> int:
+        """How many terms the mean loss averages over (samples, or tokens for a language model)."""
+        return target.numel()
+
 
 # ---------------------------------------------------------------- MNIST
 
@@ -236,6 +240,9 @@ class Denoise2Layer(Task):
         weight = 1.0 + ((opts or self.Options()).lambda_on - 1.0) * target
         per_sample = ((output - target) ** 2 * weight).sum(dim=1)
         return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+    def loss_items(self, target):
+        return len(target)  # the loss is summed over coordinates and averaged over samples
 
     def count_correct(self, output, target):
         """Support recovery: the largest `sparsity` outputs sit exactly on the clean signal's ones."""

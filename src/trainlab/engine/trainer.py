@@ -306,7 +306,7 @@ class Trial:
             output = model(x)
             total_loss += self.task.loss(output, y, reduction="sum", opts=self.options).item()
             hits, n = self.task.count_correct(output, y)
-            correct, count, items = correct + hits.item(), count + n, items + y.numel()
+            correct, count, items = correct + hits.item(), count + n, items + self.task.loss_items(y)
         model.train(was_training)
         loss = total_loss / items
         result = {"loss": loss, "accuracy": correct / count}
