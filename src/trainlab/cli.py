@@ -51,6 +51,15 @@ def build_parser() -> Parser:
 
     add_fault_commands(sub)
 
+    mon = sub.add_parser("monitor", help="follow a run or study live in a browser, or plot it once")
+    mon.add_argument("run_dir", metavar="RUN_OR_STUDY_DIR")
+    mon.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
+    mon.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    mon.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    mon.add_argument("--metrics", nargs="+", metavar="NAME", help="panels (default: silhouette clusters correlation loss)")
+    mon.add_argument("--static", action="store_true", help="write the panels as a PNG and exit")
+    mon.add_argument("--output", default="monitor.png", metavar="FILE", help="PNG path for --static")
+
     prof = sub.add_parser("profile-batch-size", help="time and memory of a spec at several batch sizes")
     prof.add_argument("spec", help="YAML or JSON spec file, or a preset name")
     prof.add_argument("--batch-sizes", type=int, nargs="+", required=True, metavar="B")
@@ -227,6 +236,25 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    from .monitor import serve, static_plot
+    from .monitor.data import trial_dirs
+
+    trial_dirs(args.run_dir)  # a clear error for a folder that is neither a study nor a trial
+    if args.interval <= 0:
+        raise UserError("--interval: must be positive")
+    if not 0 <= args.port <= 65535:
+        raise UserError("--port: must be between 0 and 65535")
+    if args.static:
+        print(static_plot(args.run_dir, args.output, args.metrics))
+        return 0
+    try:
+        serve(args.run_dir, args.host, args.port, args.metrics, args.interval)
+    except OSError as exc:
+        raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    return 0
+
+
 def cmd_fault(args) -> int:
     from .recipes.fault_recovery import replay
 
@@ -240,7 +268,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

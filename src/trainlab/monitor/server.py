@@ -1,0 +1,132 @@
+"""`trainlab monitor`: a local page that redraws the panels while training runs.
+
+The server answers exactly two paths, `/` (the page) and `/data.json` (the panels' data,
+read from the study it was started on); anything else is 404, so no file can be fetched
+through it. It binds 127.0.0.1 unless told otherwise.
+"""
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .data import collect
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>trainlab monitor</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1.2em; color: #222; }
+#panels { display: grid; grid-template-columns: repeat(2, minmax(380px, 1fr)); gap: 1em; }
+.panel { border: 1px solid #ddd; border-radius: 6px; padding: .5em; }
+.panel h3 { margin: .2em 0 .4em; font-size: 1em; }
+svg { width: 100%; height: 240px; }
+table { border-collapse: collapse; margin: .8em 0; }
+td, th { padding: .2em .8em; border-bottom: 1px solid #eee; text-align: left; }
+.live { color: #1a7f37; } .finished { color: #555; } .diverged { color: #c62828; } .stalled { color: #b26a00; }
+.legend span { margin-right: 1em; font-size: .85em; }
+</style></head>
+<body>
+<h2>trainlab monitor: __TITLE__</h2>
+<div>updated <span id="updated">never</span>; points <span id="points">0</span>; refresh every __INTERVAL__ s</div>
+<table id="runs"><thead><tr><th>run</th><th>status</th></tr></thead><tbody></tbody></table>
+<div id="panels"></div>
+<script>
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+function el(tag, attrs, text) {
+  const ns = ["svg", "polyline", "line", "text", "circle"].includes(tag) ? "http://www.w3.org/2000/svg" : null;
+  const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function panel(metric, runs) {
+  const box = el("div", {class: "panel", "data-metric": metric});
+  box.appendChild(el("h3", {}, metric));
+  const lines = [];
+  runs.forEach((run, i) => Object.entries(run.series[metric] || {}).forEach(([name, pts]) =>
+    pts.length && lines.push({label: run.name + (name === "train" || name === "held-out" ? " (" + name + ")" : ""),
+                              pts, color: COLORS[i % COLORS.length], dash: name === "train" ? "4 3" : ""})));
+  const all = lines.flatMap(l => l.pts);
+  const svg = el("svg", {viewBox: "0 0 400 240", preserveAspectRatio: "none"});
+  if (all.length) {
+    const xs = all.map(p => p[0]), ys = all.map(p => p[1]);
+    const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const sx = x => 40 + 350 * (x - x0) / ((x1 - x0) || 1), sy = y => 220 - 200 * (y - y0) / ((y1 - y0) || 1);
+    svg.appendChild(el("text", {x: 2, y: 20, "font-size": 10}, y1.toPrecision(3)));
+    svg.appendChild(el("text", {x: 2, y: 220, "font-size": 10}, y0.toPrecision(3)));
+    svg.appendChild(el("text", {x: 360, y: 236, "font-size": 10}, "step " + x1));
+    for (const l of lines) {
+      svg.appendChild(el("polyline", {points: l.pts.map(p => sx(p[0]) + "," + sy(p[1])).join(" "), fill: "none",
+                                      stroke: l.color, "stroke-width": 1.5, "stroke-dasharray": l.dash,
+                                      class: "series", "data-points": l.pts.length}));
+    }
+  } else {
+    svg.appendChild(el("text", {x: 150, y: 120, "font-size": 12}, "no data yet"));
+  }
+  box.appendChild(svg);
+  const legend = el("div", {class: "legend"});
+  lines.forEach(l => legend.appendChild(el("span", {style: "color:" + l.color}, l.label)));
+  box.appendChild(legend);
+  return box;
+}
+async function refresh() {
+  try {
+    const data = await (await fetch("data.json", {cache: "no-store"})).json();
+    const body = document.querySelector("#runs tbody");
+    body.replaceChildren(...data.runs.map(r => {
+      const tr = el("tr", {}); tr.appendChild(el("td", {}, r.name));
+      tr.appendChild(el("td", {class: r.status}, r.status)); return tr; }));
+    document.getElementById("panels").replaceChildren(...data.metrics.map(m => panel(m, data.runs)));
+    document.getElementById("points").textContent = data.points;
+    document.getElementById("updated").textContent = new Date(data.updated * 1000).toLocaleTimeString();
+  } catch (err) {
+    document.getElementById("updated").textContent = "error: " + err;
+  }
+}
+refresh();
+setInterval(refresh, __INTERVAL__ * 1000);
+</script></body></html>
+"""
+
+
+def make_handler(root: Path, metrics: list[str] | None, interval: float):
+    page = PAGE.replace("__TITLE__", root.name).replace("__INTERVAL__", f"{interval:g}").encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/":
+                self.reply(200, "text/html; charset=utf-8", page)
+            elif path == "/data.json":
+                body = json.dumps(collect(root, metrics, stale_after=max(30.0, 3 * interval))).encode()
+                self.reply(200, "application/json", body)
+            else:
+                self.reply(404, "text/plain", b"not found\n")
+
+        def reply(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet: the terminal belongs to the user
+            pass
+
+    return Handler
+
+
+def make_server(root: str | Path, host: str = "127.0.0.1", port: int = 8765, metrics=None, interval: float = 5.0):
+    return ThreadingHTTPServer((host, port), make_handler(Path(root), metrics, interval))
+
+
+def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8765, metrics=None, interval: float = 5.0) -> None:
+    server = make_server(root, host, port, metrics, interval)
+    print(f"monitoring {root} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
