@@ -16,6 +16,7 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ def child(job: dict) -> ProfileRecord:
                                    "plan.steps": None})
     size, budget, device = job["batch_size"], job["budget"], spec["plan"]["device"]
     trial = Trial(spec)
-    baseline = rss_now()
+    watch = PeakRSS()
     if not device.startswith("cuda"):
         resource.setrlimit(resource.RLIMIT_AS, (vm_size() + budget + SLACK, resource.RLIM_INFINITY))
     else:
@@ -109,7 +110,7 @@ def child(job: dict) -> ProfileRecord:
             return ProfileRecord(size, "oom", message=f"allocation failed: {str(exc).splitlines()[0][:120]}")
         raise
     elapsed = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else peak_rss() - baseline
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else watch.growth()
     arm = next(iter(summary["arms"].values()))
     epochs = trial.total_steps / trial.stream.steps_per_epoch
     record = ProfileRecord(size, "ok", elapsed / epochs, trial.total_steps * size / elapsed, peak,
@@ -124,13 +125,41 @@ def rss_now() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class PeakRSS:
+    """Peak resident memory added from now on. Linux resets the high-water mark when "5" is
+    written to /proc/self/clear_refs, so VmHWM afterwards is the peak of this stretch alone
+    (the lifetime peak of getrusage would include start-up). Where the reset is refused, a
+    thread samples the resident size every 2 ms instead."""
+
+    def __init__(self):
+        self.baseline = rss_now()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.sampler = None
+        except OSError:
+            self.highest = self.baseline
+            self.stop = threading.Event()
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.002):
+            self.highest = max(self.highest, rss_now())
+
+    def growth(self) -> int:
+        if self.sampler is not None:
+            self.stop.set()
+            self.sampler.join()
+            return max(0, self.highest - self.baseline)
+        with open("/proc/self/status") as fh:
+            hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+        return max(0, hwm - self.baseline)
+
+
 def vm_size() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 # ---------------------------------------------------------------- report
