@@ -89,16 +89,50 @@ def exact_hessian(op: HessianOperator) -> torch.Tensor:
     return torch.stack(columns, dim=1)
 
 
-def top_eigenpairs(op: HessianOperator, k: int = 5, tol: float = 1e-10, ncv: int | None = None,
-                   seed: int = 0, which: str = "LA") -> tuple[np.ndarray, np.ndarray, int]:
-    """The k largest (algebraic) eigenvalues and vectors by Lanczos (ARPACK via SciPy eigsh).
+def top_eigenpairs(op: HessianOperator, k: int = 5, method: str = "lanczos", tol: float = 1e-8,
+                   max_products: int = 300, ncv: int | None = None, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The k largest (algebraic) eigenvalues and vectors of the Hessian.
+
+    method "lanczos": one Lanczos run with full reorthogonalisation that stops as soon as
+        every one of the top k Ritz values has an error bound (residual^2 / gap) below
+        tol x |value|; no restarts, so few Hessian-vector products.
+    method "eigsh": SciPy's ARPACK (implicitly restarted Lanczos) on a LinearOperator; its
+        tol is on residuals, which converge more slowly than the values themselves.
     Returns (values descending, vectors [n, k], Hessian-vector products used)."""
     start = op.products
-    v0 = np.random.default_rng(seed).standard_normal(op.size)
-    ncv = ncv or min(op.size - 1, max(2 * k + 1, 20))
-    values, vectors = eigsh(op.linear_operator(), k=k, which=which, tol=tol, ncv=ncv, v0=v0)
-    order = np.argsort(values)[::-1]
-    return values[order], vectors[:, order], op.products - start
+    if method == "eigsh":
+        v0 = np.random.default_rng(seed).standard_normal(op.size)
+        ncv = ncv or min(op.size - 1, max(2 * k + 1, 20))
+        values, vectors = eigsh(op.linear_operator(), k=k, which="LA", tol=tol, ncv=ncv, v0=v0)
+        order = np.argsort(values)[::-1]
+        return values[order], vectors[:, order], op.products - start
+    if method != "lanczos":
+        raise ValueError(f"method must be 'lanczos' or 'eigsh', not {method!r}")
+    generator = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(op.size, generator=generator, dtype=torch.float64).to(op.dtype).to(op.device)
+    basis, alphas, betas = lanczos_basis(op, min(max_products, op.size), v0, stop=lambda a, b: converged(a, b, k, tol))
+    values, ritz = ritz_pairs(alphas, betas)
+    vectors = (torch.stack(basis[: len(alphas)], dim=1).cpu().numpy() @ ritz[:, :k])
+    return values[:k], vectors, op.products - start
+
+
+def ritz_pairs(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+    tri = np.diag(alphas) + np.diag(betas[: len(alphas) - 1], 1) + np.diag(betas[: len(alphas) - 1], -1)
+    values, vectors = np.linalg.eigh(tri)
+    return values[::-1], vectors[:, ::-1]
+
+
+def converged(alphas, betas, k: int, tol: float) -> bool:
+    """Every top-k Ritz value's error bound beta_m |s_m|^2 / gap is below tol x |value|."""
+    if len(alphas) <= k + 1 or len(betas) < len(alphas):
+        return False
+    values, vectors = ritz_pairs(alphas, betas)
+    residuals = abs(betas[len(alphas) - 1]) * np.abs(vectors[-1, : k + 1])
+    gaps = np.abs(np.diff(values[: k + 1]))
+    gaps = np.minimum(np.concatenate([[np.inf], gaps[:-1]]), gaps)[:k]
+    bounds = residuals[:k] ** 2 / np.maximum(gaps, 1e-300)
+    return bool(np.all(bounds <= tol * np.abs(values[:k])))
 
 
 def hutchinson_trace(op: HessianOperator, samples: int = 100, seed: int = 0) -> tuple[float, float]:
@@ -112,8 +146,9 @@ def hutchinson_trace(op: HessianOperator, samples: int = 100, seed: int = 0) -> 
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
 
 
-def lanczos(op: HessianOperator, steps: int, v0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Lanczos with full reorthogonalisation: the tridiagonal's (alphas, betas)."""
+def lanczos_basis(op: HessianOperator, steps: int, v0: torch.Tensor, stop=None):
+    """Lanczos with full reorthogonalisation: (basis vectors, alphas, betas). `stop(alphas,
+    betas)` is asked after each step whether to end early."""
     basis = [v0 / v0.norm()]
     alphas, betas = [], []
     for j in range(min(steps, op.size)):
@@ -124,11 +159,17 @@ def lanczos(op: HessianOperator, steps: int, v0: torch.Tensor) -> tuple[np.ndarr
         w = w - q.T @ (q @ w)  # reorthogonalise against every earlier vector
         alphas.append(alpha)
         beta = float(w.norm())
-        if beta < 1e-12 or j == steps - 1:
-            break
         betas.append(beta)
+        if beta < 1e-12 or (stop is not None and stop(np.array(alphas), np.array(betas))):
+            break
         basis.append(w / beta)
-    return np.array(alphas), np.array(betas[: len(alphas) - 1])
+    return basis, np.array(alphas), np.array(betas)
+
+
+def lanczos(op: HessianOperator, steps: int, v0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The tridiagonal (alphas, off-diagonal betas) of `steps` Lanczos steps."""
+    _, alphas, betas = lanczos_basis(op, steps, v0)
+    return alphas, betas[: len(alphas) - 1]
 
 
 def spectral_density(op: HessianOperator, runs: int = 10, steps: int = 80, grid: int = 400, sigma: float | None = None,
