@@ -100,7 +100,7 @@ class Trial:
                 raise SpecError("plan.batch_size", str(exc)) from None
         self.x_test, self.y_test = self._to_device(self.data.x_test, self.data.y_test)
         self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
-        initial = self._initial_model()
+        initial = self.initial_model()
         self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
         self.hooks = [plugins.events.get(e["kind"]).make(e) for e in spec["events"]]
         self.hooks += [plugins.probes.get(p["kind"]).make(p) for p in spec["probes"]]
@@ -126,10 +126,11 @@ class Trial:
             x = x.to(self.dtype)
         return x.to(self.device), y.to(self.device)
 
-    def _initial_model(self) -> nn.Module:
-        """Built once from the 'init' seed (in float32, then cast), or loaded from init_from."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "init"))
+    def initial_model(self, seed: int | None = None) -> nn.Module:
+        """The model every arm starts from: built from the 'init' seed of `seed` (the trial's by
+        default) in float32 and cast, or loaded from plan.init_from."""
+        with torch.random.fork_rng(devices=[]):  # models are built on the CPU: seed only its generator
+            torch.default_generator.manual_seed(derive_seed(self.seed if seed is None else seed, "init"))
             model = self.task.make_model(self.options, self.data)
         model = model.to(device=self.device, dtype=self.dtype)  # cast before loading: no rounding
         if self.plan["init_from"]:

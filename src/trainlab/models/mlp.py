@@ -17,5 +17,9 @@ class PooledMLP(nn.Module):
         layers.append(nn.Linear(widths[-1], classes))
         self.net = nn.Sequential(*layers)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The parameter-free part (pooling): batched runs apply it once to the whole dataset."""
+        return self.pool(images).flatten(1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.pool(images).flatten(1))
+        return self.net(self.features(images))

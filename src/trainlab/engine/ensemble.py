@@ -1,0 +1,238 @@
+"""Many independent runs of one small model, trained as one batched computation.
+
+Run r has its own seed (spec seed + r, or `seeds[r]`): its own batch order, drawn exactly as
+the plain trainer draws it, and its own initial weights (or all runs start from
+plan.init_from). Parameters of all runs are stacked ([R, ...]) and one vmapped
+forward/backward serves every run; the optimizers are functional re-implementations of
+torch.optim.SGD (momentum, nesterov, dampening, weight decay) and Adam/AdamW that match
+them update for update. A model with a parameter-free `features` stage (the pooled MLP)
+has that stage applied once to the whole dataset. Models that cannot be batched (BatchNorm
+in training mode) fall back to a plain loop of single-run trials with the same outputs.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from ..data.samplers import IndexStream
+from ..errors import SpecError
+from ..optim import lr_factor
+from .trainer import Trial, derive_seed
+
+BATCHED_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class EnsembleResult:
+    seeds: list[int]
+    losses: np.ndarray  # [R, steps] training loss per run and step
+    eval_first: dict = field(default_factory=dict)  # {"loss": [R], "accuracy": [R]} before training
+    eval_last: dict = field(default_factory=dict)  # after the last step
+    weights: np.ndarray | None = None  # [R, len(record_steps), P], memory-mapped when written to disk
+    record_steps: list[int] = field(default_factory=list)
+    method: str = "vmap"
+
+
+def batchable(model: nn.Module, optimizer: str) -> bool:
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return optimizer in BATCHED_OPTIMIZERS and not has_batchnorm
+
+
+def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_steps: list[int] | None = None,
+                 out_dir: Path | None = None, method: str = "auto", evaluate: bool = True,
+                 progress=None) -> EnsembleResult:
+    """Train `runs` copies of the spec's single arm, each with its own seed; with `evaluate`,
+    held-out loss and accuracy of every run before the first and after the last step."""
+    if len(spec["arms"]) != 1:
+        raise SpecError("arms", "a many-runs ensemble trains exactly one arm")
+    arm = spec["arms"][0]
+    seeds = seeds or [spec["seed"] + r for r in range(runs)]
+    trial = Trial(spec)
+    if trial.generated:
+        raise SpecError("task.name", "many-runs ensembles need a fixed training set")
+    record_steps = sorted(set(record_steps or []))
+    if method == "auto":
+        method = "vmap" if batchable(trial.arms[0].model, arm["optimizer"]) else "loop"
+    if method == "vmap" and not batchable(trial.arms[0].model, arm["optimizer"]):
+        raise SpecError("arms.0.optimizer", f"batched runs support {', '.join(BATCHED_OPTIMIZERS)} on models without "
+                                            "BatchNorm; use method 'loop'")
+    weights = None
+    if record_steps:
+        size = sum(p.numel() for p in trial.arms[0].model.parameters())
+        shape = (len(seeds), len(record_steps), size)
+        weights = (np.lib.format.open_memmap(Path(out_dir) / "weights.npy", mode="w+", dtype=np.float64, shape=shape)
+                   if out_dir is not None else np.zeros(shape))
+    runner = batched_runs if method == "vmap" else looped_runs
+    result = runner(trial, arm, seeds, record_steps, weights, progress, evaluate)
+    result.record_steps, result.method = record_steps, method
+    if isinstance(weights, np.memmap):
+        weights.flush()
+    return result
+
+
+# ---------------------------------------------------------------- the plain loop
+
+
+def looped_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress, evaluate=True) -> EnsembleResult:
+    """One single-run trial after another (any model, any optimizer)."""
+    losses = np.zeros((len(seeds), trial.total_steps))
+    first, last = {"loss": [], "accuracy": []}, {"loss": [], "accuracy": []}
+    for r, seed in enumerate(seeds):
+        run = Trial({**trial.spec, "seed": seed, "events": [], "probes": []})
+        state = run.arms[0]
+        for key, value in (run.evaluate_model(state.model) if evaluate else {}).items():
+            first.setdefault(key, []).append(value)
+        for step in range(1, run.total_steps + 1):
+            run.step = step
+            run.indices, run.step_batch = run.next_batch()
+            run.forward_seed = derive_seed(seed, "forward", step)
+            run.train_step(state, step)
+            losses[r, step - 1] = state.last_train.get("loss", math.nan) if state.alive else math.nan
+            if step in record_steps:
+                weights[r, record_steps.index(step)] = flat_params(state.model)
+        for key, value in (run.evaluate_model(state.model) if evaluate else {}).items():
+            last.setdefault(key, []).append(value)
+        if progress is not None:
+            progress.update(1)
+    return EnsembleResult(seeds, losses, {k: np.array(v) for k, v in first.items()},
+                          {k: np.array(v) for k, v in last.items()}, weights)
+
+
+def flat_params(model: nn.Module) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy()
+
+
+# ---------------------------------------------------------------- batched
+
+
+class BatchedStreams:
+    """The index streams of every run, drawn exactly as each run's own IndexStream would."""
+
+    def __init__(self, n: int, batch_size: int, sampler: str, seeds: list[int]):
+        self.streams = [IndexStream(n, batch_size, sampler, derive_seed(s, "data")) for s in seeds]
+        self.sampler, self.batch_size, self.n = sampler, batch_size, n
+        self.epoch: torch.Tensor | None = None  # [R, batches, B] for the shuffle sampler
+        self.position = 0
+
+    def next_batch(self) -> torch.Tensor:
+        """[R, B] sample indices (the full set for the 'full' sampler)."""
+        if self.sampler == "shuffle":
+            if self.epoch is None or self.position == self.epoch.shape[1]:
+                usable = (self.n // self.batch_size) * self.batch_size
+                perms = torch.stack([torch.randperm(self.n, generator=s.generator)[:usable] for s in self.streams])
+                self.epoch = perms.view(len(self.streams), -1, self.batch_size)
+                self.position = 0
+            self.position += 1
+            return self.epoch[:, self.position - 1]
+        return torch.stack([s.next_batch() for s in self.streams])
+
+
+def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress, evaluate=True) -> EnsembleResult:
+    template = trial.arms[0].model
+    models = [trial.initial_model(seed) for seed in seeds]
+    staged = hasattr(template, "features")  # the pooled MLP: pool the whole dataset once
+    net = template.net if staged else template
+    modules = [m.net if staged else m for m in models]
+    params, buffers = stack_module_state(modules)
+    params = {k: v.detach() for k, v in params.items()}
+    names = list(params)
+    x_train, y_train, x_test, y_test = trial.x_train, trial.y_train, trial.x_test, trial.y_test
+    if staged:
+        with torch.no_grad():
+            x_train, x_test = template.features(x_train), template.features(x_test)
+    task, options = trial.task, trial.options
+
+    def loss_of(p, b, x, y):
+        return task.loss(functional_call(net, (p, b), (x,)), y, opts=options)
+
+    step_fn = vmap(grad_and_value(loss_of), in_dims=(0, 0, 0, 0))
+    optimizer = FunctionalOptimizer(arm, params)
+    streams = BatchedStreams(trial.data.n_train, trial.plan["batch_size"], trial.plan["sampler"], seeds)
+    losses = np.zeros((len(seeds), trial.total_steps))
+    first = evaluate_all(net, params, buffers, x_test, y_test, task, options) if evaluate else {}
+    for step in range(1, trial.total_steps + 1):
+        index = streams.next_batch().to(x_train.device)
+        if trial.plan["sampler"] == "full":
+            x, y = x_train.expand(len(seeds), *x_train.shape), y_train.expand(len(seeds), *y_train.shape)
+        else:
+            x, y = x_train[index], y_train[index]
+        grads, loss = step_fn(params, buffers, x, y)
+        losses[:, step - 1] = loss.detach().cpu().numpy()
+        optimizer.step(params, grads, lr_factor(arm["schedule"], step - 1, trial.total_steps))
+        if step in record_steps:
+            weights[:, record_steps.index(step)] = torch.cat(
+                [params[k].reshape(len(seeds), -1) for k in names], dim=1).double().cpu().numpy()
+        if progress is not None:
+            progress.update(1)
+    last = evaluate_all(net, params, buffers, x_test, y_test, task, options) if evaluate else {}
+    return EnsembleResult(seeds, losses, first, last, weights)
+
+
+@torch.no_grad()
+def evaluate_all(net, params, buffers, x, y, task, options, chunk: int = 128) -> dict:
+    """Held-out loss and accuracy of every run (the same data for all)."""
+    def one(p, b, xs, ys):
+        out = functional_call(net, (p, b), (xs,))
+        hits, _ = task.count_correct(out, ys)
+        return task.loss(out, ys, reduction="sum", opts=options), hits
+
+    total = torch.zeros(next(iter(params.values())).shape[0], dtype=torch.float64)
+    correct = torch.zeros_like(total)
+    for start in range(0, len(y), chunk):
+        xs, ys = x[start:start + chunk], y[start:start + chunk]
+        loss, hits = vmap(one, in_dims=(0, 0, None, None))(params, buffers, xs, ys)
+        total += loss.double().cpu()
+        correct += hits.double().cpu()
+    items = task.loss_items(y)  # samples (tokens for a language model): the same count accuracy is over
+    return {"loss": (total / items).numpy(), "accuracy": (correct / items).numpy()}
+
+
+class FunctionalOptimizer:
+    """SGD (momentum, dampening, nesterov, weight decay) and Adam/AdamW on stacked parameters,
+    in the same order of operations as torch.optim's single-tensor implementations."""
+
+    def __init__(self, arm: dict, params: dict):
+        self.arm, self.kind = arm, arm["optimizer"]
+        self.state = {k: {} for k in params}
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, params: dict, grads: dict, factor: float) -> None:
+        self.t += 1
+        lr, a = self.arm["lr"] * factor, self.arm
+        for name, p in params.items():
+            g, state = grads[name], self.state[name]
+            if self.kind == "sgd":
+                if a["weight_decay"]:
+                    g = g.add(p, alpha=a["weight_decay"])
+                if a["momentum"]:
+                    if "buf" not in state:
+                        state["buf"] = g.clone()
+                    else:
+                        state["buf"].mul_(a["momentum"]).add_(g, alpha=1 - a["dampening"])
+                    g = g.add(state["buf"], alpha=a["momentum"]) if a["nesterov"] else state["buf"]
+                p.add_(g, alpha=-lr)
+            else:
+                if self.kind == "adamw":
+                    p.mul_(1 - lr * a["weight_decay"])
+                elif a["weight_decay"]:
+                    g = g.add(p, alpha=a["weight_decay"])
+                if "m" not in state:
+                    state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                    if a["amsgrad"]:
+                        state["vmax"] = torch.zeros_like(p)
+                state["m"].lerp_(g, 1 - a["beta1"])
+                state["v"].mul_(a["beta2"]).addcmul_(g, g, value=1 - a["beta2"])
+                correction1 = 1 - a["beta1"] ** self.t
+                correction2 = 1 - a["beta2"] ** self.t
+                v = state["v"]
+                if a["amsgrad"]:
+                    torch.maximum(state["vmax"], v, out=state["vmax"])
+                    v = state["vmax"]
+                denom = (v.sqrt() / math.sqrt(correction2)).add_(a["eps"])
+                p.addcdiv_(state["m"], denom, value=-lr / correction1)
