@@ -52,6 +52,7 @@ class Task:
     doc: str = ""
     Options: type[Strict]
     language_model = False
+    cross_entropy = True  # the loss is the mean cross-entropy of the outputs (batched fast paths rely on it)
 
     def load(self, opts, seed: int = 0) -> TaskData:
         """The task's data; `seed` only matters to tasks that generate data (validation sets)."""
@@ -221,6 +222,7 @@ class DenoiseOptions(Strict):
 @register_task
 class Denoise2Layer(Task):
     name, Options = "denoise-2layer", DenoiseOptions
+    cross_entropy = False
     doc = "two-layer denoiser of sparse signals, tanh^3 hidden units, fresh samples every step"
 
     def load(self, opts, seed: int = 0) -> TaskData:
