@@ -51,6 +51,15 @@ def build_parser() -> Parser:
 
     add_fault_commands(sub)
 
+    dyn = sub.add_parser("dynamics", help="SGD vs GD dynamics: six stages per setup (docs/dynamics.md)")
+    dyn.add_argument("--setup", type=int, required=True, help="preset 1-8")
+    dyn.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K", help="stages to run (default all)")
+    dyn.add_argument("--force", action="store_true", help="run stages again even when their outputs exist")
+    dyn.add_argument("--output-root", default="runs", metavar="DIR")
+    dyn.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                     help="change a setup field, e.g. --set stage1_epochs=1 --set runs=50")
+    add_common(dyn)
+
     mon = sub.add_parser("monitor", help="follow a run or study live in a browser, or plot it once")
     mon.add_argument("run_dir", metavar="RUN_OR_STUDY_DIR")
     mon.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
@@ -236,6 +245,17 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_dynamics(args) -> int:
+    from pathlib import Path
+
+    from .recipes.dynamics import run_pipeline, setup_of
+
+    setup = setup_of(args.setup, args.sets)
+    root = Path(args.output_root) / f"dynamics-setup{args.setup}"
+    print(run_pipeline(setup, root, args.stage or [1, 2, 3, 4, 5, 6], args.force))
+    return 0
+
+
 def cmd_monitor(args) -> int:
     from .monitor import serve, static_plot
     from .monitor.data import trial_dirs
@@ -268,7 +288,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 
