@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import small_spec
-from trainlab.engine import Trial
+from trainlab.engine import MemorySink, Trial
 from trainlab.errors import SpecError
 from trainlab.probes import blob_metrics
 from trainlab.spec import load_spec
@@ -25,19 +25,8 @@ def tiny_denoiser(**changes) -> dict:
     return load_spec(spec)
 
 
-class Sink:
-    def __init__(self):
-        self.records = []
-
-    def log(self, record):
-        self.records.append(record)
-
-    def flush(self):
-        pass
-
-
 def blob_records(spec):
-    sink = Sink()
+    sink = MemorySink()
     summary = Trial(spec, sink=sink).run()
     return [{k: v for k, v in r.items() if k != "seconds"} for r in sink.records if r.get("probe") == "blobs"], summary
 
@@ -114,7 +103,7 @@ def test_unknown_layers_for_the_blob_probe_are_named():
 
 
 def test_norms_probe_every_epoch():
-    sink = Sink()
+    sink = MemorySink()
     Trial(load_spec(small_spec(probes=[{"kind": "norms", "every": "epoch"}], plan__batch_size=128)), sink=sink).run()
     steps = [r["step"] for r in sink.records if r.get("probe") == "norms" and r["arm"] == "sgd"]
     assert steps == [4, 8, 12, 16, 20]  # 512 / 128 = 4 steps per epoch

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import small_spec
-from trainlab.engine import Trial
+from trainlab.engine import MemorySink, Trial
 from trainlab.engine.ensemble import run_ensemble
 from trainlab.errors import SpecError
 from trainlab.spec import load_spec
@@ -39,18 +39,8 @@ def test_each_run_is_the_plain_trainer_with_its_own_seed():
     result = run_ensemble(spec, 3, method="vmap")
     assert result.seeds == [3, 4, 5]
 
-    class Sink:
-        records = []
-
-        def log(self, r):
-            self.records.append(r)
-
-        def flush(self):
-            pass
-
     for r, seed in enumerate(result.seeds):
-        sink = Sink()
-        sink.records = []
+        sink = MemorySink()
         Trial({**spec, "seed": seed}, sink=sink).run()
         plain = [rec["loss"] for rec in sink.records if rec["kind"] == "train"]
         assert np.max(np.abs(np.array(plain) - result.losses[r])) < 1e-10

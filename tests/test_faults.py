@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import small_spec
-from trainlab.engine import Hook, Trial
+from trainlab.engine import Hook, MemorySink, Trial
 from trainlab.faults import flip_bits
 from trainlab.faults.plan import FaultPlanOptions, draw_plan
 from trainlab.spec import load_spec
@@ -183,17 +183,7 @@ def mitigated(event, mitigation, steps=25, optimizer="sgd", lr=0.1):
     spec = small_spec(events=[{"kind": "fault", **event}], plan__steps=steps, plan__dtype="float32")
     spec["arms"] = arms
 
-    class Sink:
-        records = []
-
-        def log(self, r):
-            self.records.append(r)
-
-        def flush(self):
-            pass
-
-    sink = Sink()
-    sink.records = []
+    sink = MemorySink()
     summary = Trial(load_spec(spec), sink=sink).run()
     return summary["arms"], sink.records
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import needs_shakespeare, small_spec
-from trainlab.engine import Hook, Trial
+from trainlab.engine import Hook, MemorySink, Trial
 from trainlab.spec import load_spec
 
 
@@ -21,19 +21,8 @@ class Recorder(Hook):
         self.batches.setdefault(arm.name, []).append((x.sum().item(), y.tolist()))
 
 
-class ListSink:
-    def __init__(self):
-        self.records = []
-
-    def log(self, record):
-        self.records.append(record)
-
-    def flush(self):
-        pass
-
-
 def run(spec, hooks=()):
-    sink = ListSink()
+    sink = MemorySink()
     trial = Trial(load_spec(spec), sink=sink)
     trial.hooks += list(hooks)
     return trial.run(), sink.records

@@ -48,6 +48,19 @@ def load_weights(path: str | Path) -> dict:
     return state
 
 
+class MemorySink:
+    """Keeps a trial's records in a list (replays, tests, runs whose store lives elsewhere)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def flush(self) -> None:
+        pass
+
+
 @dataclass
 class ArmState:
     name: str

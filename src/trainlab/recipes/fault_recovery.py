@@ -14,7 +14,6 @@ Layout of the study directory:
     final_report.md summary_visualizations.png
 """
 
-import copy
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ import pandas as pd
 
 from ..analysis.recovery import METRICS, aggregate, early_vs_late, head_to_head, recovery_metrics
 from ..data.paths import find_data_file
-from ..engine import Trial
+from ..engine import MemorySink, Trial
 from ..errors import UserError
 from ..faults.plan import FaultPlanOptions, draw_plan, exponent_range, site_sizes
 from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visualizations
@@ -315,7 +314,7 @@ def replay(experiment_dir: str | Path) -> tuple[bool, list[str]]:
     config = read_json(folder / "config.json")
     spec = load_spec(config["spec"])
     with tempfile.TemporaryDirectory() as tmp:
-        sink = _ListSink()
+        sink = MemorySink()
         Trial(spec, sink=sink, artifact_dir=Path(tmp)).run()
         injection = read_json(Path(tmp) / "injection_config.json")
         fresh = experiment_results(config["index"], spec, sink.records, injection)
@@ -327,17 +326,6 @@ def replay(experiment_dir: str | Path) -> tuple[bool, list[str]]:
     if not batch_same:
         problems.append("the injection batch (injection_batch.npz) differs")
     return not problems, problems
-
-
-class _ListSink:
-    def __init__(self):
-        self.records = []
-
-    def log(self, record):
-        self.records.append(copy.deepcopy(record))
-
-    def flush(self):
-        pass
 
 
 def _same_npz(a: Path, b: Path) -> bool:
