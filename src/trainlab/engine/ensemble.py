@@ -162,8 +162,10 @@ def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress
         index = streams.next_batch().to(x_train.device)
         if trial.plan["sampler"] == "full":
             x, y = x_train.expand(len(seeds), *x_train.shape), y_train.expand(len(seeds), *y_train.shape)
-        else:
-            x, y = x_train[index], y_train[index]
+        else:  # index_select on the flat indices is cheaper than advanced indexing here
+            flat_index = index.reshape(-1)
+            x = x_train.index_select(0, flat_index).view(*index.shape, *x_train.shape[1:])
+            y = y_train.index_select(0, flat_index).view(index.shape)
         grads, loss = step_fn(params, buffers, x, y)
         losses[:, step - 1] = loss.detach().cpu().numpy()
         optimizer.step(params, grads, lr_factor(arm["schedule"], step - 1, trial.total_steps))
@@ -190,17 +192,20 @@ def silu_mlp_layers(net: nn.Module) -> list[str] | None:
 def mlp_grad_and_loss(layers: list[str], params: dict, x: torch.Tensor, y: torch.Tensor):
     """Gradients and mean cross-entropy of every run of a SiLU MLP, by hand with batched matmuls.
     x [R, B, in], y [R, B]; returns ({name: [R, ...]}, loss [R])."""
-    inputs, pre = [x], []
+    inputs, pre, gates = [x], [], []
     for i, name in enumerate(layers):
         z = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), inputs[-1], params[f"{name}.weight"].transpose(1, 2))
         if i < len(layers) - 1:
+            gate = torch.sigmoid(z)  # kept: silu(z) = z s(z), and silu'(z) = s(z) (1 + z (1 - s(z)))
             pre.append(z)
-            inputs.append(torch.nn.functional.silu(z))
+            gates.append(gate)
+            inputs.append(z * gate)
     logits = z
-    logp = logits - logits.logsumexp(dim=2, keepdim=True)
-    loss = -logp.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
-    dz = logp.exp()
-    dz.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=dz.dtype).unsqueeze(2))
+    logits -= logits.logsumexp(dim=2, keepdim=True)  # log-probabilities, in place
+    target = y.unsqueeze(2)
+    loss = logits.gather(2, target).squeeze(2).mean(dim=1).neg_()
+    dz = logits.exp_()  # probabilities
+    dz.scatter_add_(2, target, torch.full(target.shape, -1.0, dtype=dz.dtype, device=dz.device))
     dz /= y.shape[1]
     grads = {}
     for i in range(len(layers) - 1, -1, -1):
@@ -209,8 +214,9 @@ def mlp_grad_and_loss(layers: list[str], params: dict, x: torch.Tensor, y: torch
         grads[f"{name}.bias"] = dz.sum(dim=1)
         if i > 0:
             da = torch.bmm(dz, params[f"{name}.weight"])
-            s = torch.sigmoid(pre[i - 1])
-            dz = da * s * (1 + pre[i - 1] * (1 - s))  # silu'(z) = s(z) (1 + z (1 - s(z)))
+            gate = gates[i - 1]
+            slope = torch.sub(1.0, gate).mul_(pre[i - 1]).add_(1.0).mul_(gate)
+            dz = da.mul_(slope)
     return grads, loss
 
 
