@@ -148,3 +148,13 @@ def test_replacement_repeats_indices_and_full_is_everything():
     draws = torch.cat([IndexStream(50, 50, "replacement", seed=0).next_batch() for _ in range(1)])
     assert len(set(draws.tolist())) < 50
     assert IndexStream(50, 8, "full", seed=0).next_batch().tolist() == list(range(50))
+
+
+@needs_mnist
+def test_classes_keep_only_the_chosen_digits_in_order():
+    data = load_mnist("idx", n_train=100, n_test=50, classes=(3, 5, 8))
+    assert set(data.train.labels.tolist()) == {3, 5, 8} and len(data.train.labels) == 100
+    everything = load_mnist("idx", n_train=2000, n_test=10, normalize=False)
+    first = everything.train.labels[torch.isin(everything.train.labels, torch.tensor([3, 5, 8]))][:100]
+    assert torch.equal(data.train.labels, first)
+    assert "digits 3, 5, 8 only" in data.source

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -86,11 +86,20 @@ class MnistOptions(Strict):
     n_train: int = Field(6400, gt=0)
     n_test: int = Field(6400, gt=0)
     normalize: bool = True
+    classes: list[int] | None = Field(None, description="keep only these digits, e.g. [3, 5, 8] (labels unchanged)")
+
+    @field_validator("classes")
+    @classmethod
+    def _digits(cls, value):
+        if value is not None and (not value or any(not 0 <= c <= 9 for c in value) or len(set(value)) != len(value)):
+            raise ValueError("classes must be distinct digits 0-9")
+        return value
 
 
 class MnistTask(Task):
     def load(self, opts, seed: int = 0) -> TaskData:
-        mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize)
+        classes = tuple(opts.classes) if opts.classes else None
+        mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize, classes)
         return TaskData(mnist.train.images, mnist.train.labels, mnist.test.images, mnist.test.labels,
                         source=mnist.source)
 

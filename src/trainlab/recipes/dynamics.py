@@ -34,8 +34,12 @@ from ..study.store import MetricsWriter, atomic_write_json
 STAGES = {1: "stage1_sgd", 2: "stage2_gd", 3: "stage3_hessian", 4: "stage4_runs", 5: "stage5_gd", 6: "stage6_val_loss"}
 
 
+SIMILAR_DIGITS = [3, 5, 8]  # mnist_similar: digits that are easily confused
+
+
 class DynamicsSetup(Strict):
     setup: int = 1
+    dataset: Literal["mnist", "mnist_similar", "shakespeare"] = "mnist"
     task: dict = Field(default_factory=lambda: {"name": "mnist-mlp"})
     sampler: Literal["shuffle", "replacement"] = "shuffle"
     dtype: Literal["float32", "float64"] = "float64"
@@ -58,14 +62,16 @@ class DynamicsSetup(Strict):
 SETUPS = {
     1: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "shuffle", "dtype": "float64"},
     2: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "replacement", "dtype": "float64"},
-    3: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "shuffle", "dtype": "float32"},
-    4: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "replacement", "dtype": "float32"},
-    5: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "shuffle", "dtype": "float64"},
-    6: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "replacement", "dtype": "float64"},
-    7: {"task": {"name": "shakespeare-gpt"}, "sampler": "shuffle", "dtype": "float64", "stage1_lr": 0.5,
-        "gd_lr": 0.5, "lrs": [0.01, 0.5]},
-    8: {"task": {"name": "shakespeare-gpt"}, "sampler": "replacement", "dtype": "float64", "stage1_lr": 0.5,
-        "gd_lr": 0.5, "lrs": [0.01, 0.5]},
+    3: {"dataset": "mnist_similar", "task": {"name": "mnist-mlp", "n_train": 6400, "n_test": 2800},
+        "sampler": "shuffle", "dtype": "float64"},
+    4: {"dataset": "mnist_similar", "task": {"name": "mnist-mlp", "n_train": 6400, "n_test": 2800},
+        "sampler": "replacement", "dtype": "float64"},
+    5: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "shuffle", "dtype": "float32"},
+    6: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "replacement", "dtype": "float32"},
+    7: {"dataset": "shakespeare", "task": {"name": "shakespeare-gpt"}, "sampler": "shuffle", "dtype": "float64",
+        "stage1_lr": 0.5, "gd_lr": 0.5, "lrs": [0.01, 0.5]},
+    8: {"dataset": "shakespeare", "task": {"name": "shakespeare-gpt"}, "sampler": "replacement", "dtype": "float64",
+        "stage1_lr": 0.5, "gd_lr": 0.5, "lrs": [0.01, 0.5]},
 }
 
 
@@ -87,9 +93,16 @@ def setup_of(number: int, sets: list[str]) -> DynamicsSetup:
         raise spec_error_from_pydantic(err, model=DynamicsSetup) from None
 
 
+def task_of(s: DynamicsSetup) -> dict:
+    """The setup's task; mnist_similar keeps only digits that look alike."""
+    if s.dataset == "mnist_similar":
+        return {**s.task, "classes": s.task.get("classes") or SIMILAR_DIGITS}
+    return s.task
+
+
 def trial_spec(s: DynamicsSetup, optimizer: str, lr: float, steps=None, epochs=None, init_from=None, seed=None,
                sampler=None) -> dict:
-    return load_spec({"name": f"dynamics-setup{s.setup}", "seed": s.seed if seed is None else seed, "task": s.task,
+    return load_spec({"name": f"dynamics-setup{s.setup}", "seed": s.seed if seed is None else seed, "task": task_of(s),
                       "arms": [{"name": optimizer, "optimizer": optimizer, "lr": lr}],
                       "plan": {"steps": steps, "epochs": epochs, "batch_size": s.batch_size,
                                "sampler": sampler or s.sampler, "dtype": s.dtype, "device": s.device,
