@@ -134,12 +134,9 @@ class BatchedStreams:
 
 def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress, evaluate=True) -> EnsembleResult:
     template = trial.arms[0].model
-    models = [trial.initial_model(seed) for seed in seeds]
     staged = hasattr(template, "features")  # the pooled MLP: pool the whole dataset once
     net = template.net if staged else template
-    modules = [m.net if staged else m for m in models]
-    params, buffers = stack_module_state(modules)
-    params = {k: v.detach() for k, v in params.items()}
+    params, buffers = initial_states(trial, seeds, staged)
     names = list(params)
     x_train, y_train, x_test, y_test = trial.x_train, trial.y_train, trial.x_test, trial.y_test
     if staged:
@@ -176,6 +173,39 @@ def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress
             progress.update(1)
     last = evaluate_all(net, params, buffers, x_test, y_test, task, options) if evaluate else {}
     return EnsembleResult(seeds, losses, first, last, weights)
+
+
+def initial_states(trial: Trial, seeds: list[int], staged: bool) -> tuple[dict, dict]:
+    """Stacked initial parameters and buffers of every run, as Trial.initial_model builds them.
+
+    Building a thousand modules is slow, so when the model's only random draws are its
+    layers' reset_parameters() in module order, one float32 template is re-initialised per
+    seed instead; the first run is checked against a fully built model before this is used."""
+    pick = (lambda m: m.net) if staged else (lambda m: m)
+    if trial.plan["init_from"]:
+        shared = pick(trial.initial_model(seeds[0]))
+        return ({k: v.detach().unsqueeze(0).expand(len(seeds), *v.shape).clone() for k, v in shared.named_parameters()},
+                {k: v.unsqueeze(0).expand(len(seeds), *v.shape).clone() for k, v in shared.named_buffers()})
+    reference = trial.initial_model(seeds[0])
+    with torch.random.fork_rng(devices=[]):
+        template = trial.task.make_model(trial.options, trial.data)
+        layers = [m for m in template.modules() if hasattr(m, "reset_parameters")]
+
+        def draw(seed: int) -> dict:
+            torch.default_generator.manual_seed(derive_seed(seed, "init"))
+            for layer in layers:
+                layer.reset_parameters()
+            return {k: v.detach().to(device=trial.device, dtype=trial.dtype)
+                    for k, v in pick(template).named_parameters()}
+
+        first = draw(seeds[0])
+        if all(torch.equal(first[k], v) for k, v in pick(reference).named_parameters()):
+            runs = [first] + [draw(seed) for seed in seeds[1:]]
+            params = {k: torch.stack([run[k] for run in runs]) for k in first}
+            buffers = {k: v.unsqueeze(0).expand(len(seeds), *v.shape).clone() for k, v in pick(reference).named_buffers()}
+            return params, buffers
+    params, buffers = stack_module_state([pick(trial.initial_model(seed)) for seed in seeds])
+    return {k: v.detach() for k, v in params.items()}, buffers
 
 
 def silu_mlp_layers(net: nn.Module) -> list[str] | None:
