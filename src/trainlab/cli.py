@@ -21,6 +21,11 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run trials in N local worker processes (same results as one)")
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     parser.add_argument("--data-dir", metavar="DIR", help="where datasets live (else $TRAINLAB_DATA, then ~/.cache/trainlab)")
@@ -36,6 +41,9 @@ def build_parser() -> Parser:
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
                      help="override a spec field, e.g. --set plan.steps=20 --set arms.adam.lr=0.01")
     run.add_argument("--output-root", metavar="DIR", help="parent folder of the study directory (output.root)")
+    run.add_argument("--max-experiments", type=int, metavar="N",
+                     help="run a seeded random subset of N trials of the sweep (sweep.max_trials)")
+    add_workers(run)
     add_common(run)
 
     validate = sub.add_parser("validate", help="check a spec and print it resolved, with every default")
@@ -44,6 +52,7 @@ def build_parser() -> Parser:
 
     resume = sub.add_parser("resume", help="finish the unfinished trials of a study")
     resume.add_argument("study_dir")
+    add_workers(resume)
     add_common(resume)
 
     report = sub.add_parser("report", help="rebuild report.md and figures from stored data")
@@ -87,10 +96,20 @@ def build_parser() -> Parser:
 def cmd_run(args) -> int:
     from .study import run_study
 
+    check_workers(args.workers)
     sets = list(args.sets) + ([f"output.root={args.output_root}"] if args.output_root else [])
-    study = run_study(args.spec, sets, quiet=args.quiet)
+    if args.max_experiments is not None:
+        if args.max_experiments < 1:
+            raise UserError("--max-experiments: must be at least 1")
+        sets.append(f"sweep.max_trials={args.max_experiments}")
+    study = run_study(args.spec, sets, quiet=args.quiet, workers=args.workers)
     print(study)
     return 0
+
+
+def check_workers(workers: int) -> None:
+    if not 1 <= workers <= 256:
+        raise UserError(f"--workers: must be between 1 and 256, got {workers}")
 
 
 def cmd_validate(args) -> int:
@@ -106,7 +125,8 @@ def cmd_validate(args) -> int:
 def cmd_resume(args) -> int:
     from .study import resume_study
 
-    print(resume_study(args.study_dir, quiet=args.quiet))
+    check_workers(args.workers)
+    print(resume_study(args.study_dir, quiet=args.quiet, workers=args.workers))
     return 0
 
 
@@ -166,6 +186,7 @@ def add_fault_commands(sub) -> None:
     fr.add_argument("--output-root", default="runs", metavar="DIR")
     fr.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
                     help="override a field of the study spec, e.g. --set task.n_train=2000")
+    add_workers(fr)
     add_common(fr)
 
     fault = sub.add_parser("fault", help="fault tools: replay an experiment")
@@ -195,6 +216,7 @@ def cmd_fault_recovery(args) -> int:
     from . import plugins
     from .recipes import fault_recovery
 
+    check_workers(args.workers)
     check_names("--optimizers", args.optimizers, plugins.optimizers)
     check_names("--mitigations", args.mitigations, plugins.mitigations)
     check_names("--task", [args.task], plugins.tasks)
@@ -222,7 +244,7 @@ def cmd_fault_recovery(args) -> int:
             (f for f in ("window", "value_range", "bit_range") if message.startswith(f)), "fault")
         flag = {"window": "--injection-window"}.get(field, f"--{field.replace('_', '-')}")
         raise UserError(f"{flag}: {message}") from None
-    print(fault_recovery.run(spec, quiet=args.quiet))
+    print(fault_recovery.run(spec, quiet=args.quiet, workers=args.workers))
     return 0
 
 

@@ -100,11 +100,35 @@ class ProbeSpec(Open):
         return value
 
 
+class RandomParam(Strict):
+    values: list[Any] | None = Field(None, min_length=1, description="draw one of these")
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="draw log-uniformly between low and high")
+    integer: bool = Field(False, description="round the draw to an integer")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.values is None) == (self.low is None or self.high is None):
+            raise ValueError("give either values, or low and high")
+        if self.low is not None and (self.low > self.high or (self.log and self.low <= 0)):
+            raise ValueError("need low <= high (and low > 0 for log)")
+        return self
+
+
+class RandomSweep(Strict):
+    n: int = Field(gt=0, le=1_000_000, description="number of draws")
+    params: dict[str, RandomParam] = Field(min_length=1)
+
+
 class SweepSpec(Strict):
     repeats: int = Field(1, gt=0, le=100_000)
     seeds: list[int] | None = Field(None, min_length=1)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     points: list[dict[str, Any]] = Field(default_factory=list, description="explicit list of override sets")
+    random: RandomSweep | None = Field(None, description="override sets drawn from distributions")
+    max_trials: int | None = Field(None, gt=0, description="a seeded random subset of this many override sets")
+    subset_seed: int | None = Field(None, description="seed of random draws and subsets (default: the spec seed)")
 
     @field_validator("grid")
     @classmethod
@@ -272,7 +296,8 @@ def resolve(data: dict) -> dict:
     resolved["events"] = resolve_plugins(spec.events, plugins.events, "events")
     resolved["probes"] = resolve_plugins(spec.probes, plugins.probes, "probes")
     plugins.reports.get(spec.output.report, "output.report")
-    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point)]:
+    random_paths = list(spec.sweep.random.params) if spec.sweep.random else []
+    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths]:
         _check_sweep_path(resolved, path)
     return resolved
 

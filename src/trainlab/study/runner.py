@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from ..engine import Trial
 from ..errors import UserError
 from ..spec import load_spec
-from .executor import InlineExecutor
+from .executor import run_in_pool, run_inline
 from .store import StudyStore
 from .sweep import TrialPlan, expand
 
@@ -41,23 +41,25 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool) -> di
     return summary
 
 
-def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, executor=None) -> None:
+def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, workers: int = 1) -> None:
     todo = [plan for plan in plans if not store.finished(plan)]
     if not quiet:
         done = len(plans) - len(todo)
         print(f"study {store.root}: {len(plans)} trial(s), {done} already finished", file=sys.stderr)
     report = report_of(store)
 
-    def one(plan: TrialPlan) -> None:
-        run_trial(store, plan, len(plans), quiet)
+    def finished(plan: TrialPlan) -> None:  # recipe outputs are written by this process, in any executor
         if report.on_trial_end is not None:
             report.on_trial_end(store, plan)
 
-    (executor or InlineExecutor()).run(todo, one)
+    if workers > 1 and len(todo) > 1:
+        run_in_pool(store, todo, min(workers, len(todo)), quiet, finished)
+    else:
+        run_inline(store, todo, len(plans), quiet, finished)
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
-              on_create=None) -> Path:
+              on_create=None, workers: int = 1) -> Path:
     """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory.
     `on_create(store, plans)` may add files to the new study directory before any trial runs."""
     spec = load_spec(spec, overrides)
@@ -66,12 +68,12 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     store = StudyStore.create(spec, plans)
     if on_create is not None:
         on_create(store, plans)
-    execute(store, plans, quiet)
+    execute(store, plans, quiet, workers)
     finish(store, quiet)
     return store.root
 
 
-def resume_study(path: str | Path, quiet: bool = False) -> Path:
+def resume_study(path: str | Path, quiet: bool = False, workers: int = 1) -> Path:
     """Run only the unfinished trials of an existing study."""
     store = StudyStore.open(path)
     plans = expand(store.spec)
@@ -79,7 +81,7 @@ def resume_study(path: str | Path, quiet: bool = False) -> Path:
     if stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    execute(store, plans, quiet)
+    execute(store, plans, quiet, workers)
     finish(store, quiet)
     return store.root
 

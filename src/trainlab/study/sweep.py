@@ -8,7 +8,10 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..errors import SpecError
 from ..spec import resolve, set_path
@@ -37,10 +40,38 @@ def seeds_of(spec: dict) -> list[int]:
 
 
 def override_sets(spec: dict) -> list[dict]:
-    """Each explicit point (or none) combined with each grid combination."""
-    grid = spec["sweep"]["grid"]
+    """Each explicit point or random draw (or none) combined with each grid combination; with
+    max_trials, a seeded random subset of them in their original order (never the first N)."""
+    sweep = spec["sweep"]
+    grid = sweep["grid"]
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    return [{**point, **combo} for point in (spec["sweep"]["points"] or [{}]) for combo in combos]
+    seed = spec["seed"] if sweep.get("subset_seed") is None else sweep["subset_seed"]
+    points = sweep["points"] + random_draws(sweep.get("random"), seed)
+    sets = [{**point, **combo} for point in (points or [{}]) for combo in combos]
+    limit = sweep.get("max_trials")
+    if limit is not None and limit < len(sets):
+        keep = np.random.default_rng([seed, 7919]).choice(len(sets), size=limit, replace=False)
+        sets = [sets[i] for i in sorted(keep)]
+    return sets
+
+
+def random_draws(random: dict | None, seed: int) -> list[dict]:
+    if not random:
+        return []
+    rng = np.random.default_rng([seed, 104729])
+    draws = []
+    for _ in range(random["n"]):
+        draw = {}
+        for path, p in random["params"].items():
+            if p["values"] is not None:
+                value = p["values"][int(rng.integers(len(p["values"])))]
+            elif p["log"]:
+                value = float(math.exp(rng.uniform(math.log(p["low"]), math.log(p["high"]))))
+            else:
+                value = float(rng.uniform(p["low"], p["high"]))
+            draw[path] = int(round(value)) if p["integer"] and not p["values"] else value
+        draws.append(draw)
+    return draws
 
 
 def expand(spec: dict) -> list[TrialPlan]:
@@ -49,7 +80,8 @@ def expand(spec: dict) -> list[TrialPlan]:
         base = copy.deepcopy(spec)
         for path, value in overrides.items():
             set_path(base, path, value)
-        base["sweep"] = {"repeats": 1, "seeds": None, "grid": {}, "points": []}
+        base["sweep"] = {"repeats": 1, "seeds": None, "grid": {}, "points": [], "random": None, "max_trials": None,
+                         "subset_seed": None}
         try:
             base = resolve(base)
         except SpecError as err:

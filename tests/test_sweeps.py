@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from conftest import small_spec
+from trainlab.cli import main
+from trainlab.errors import SpecError
+from trainlab.spec import load_spec
+from trainlab.study import expand, read_jsonl, run_study
+
+ABLATION_GRID = {"arms.0.lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3], "arms.0.adamw_lr_ratio": [0.01, 0.05, 0.1, 0.2, 0.5],
+                 "arms.0.momentum": [0.9, 0.95, 0.99], "arms.0.weight_decay": [0.01, 0.1, 0.5]}
+
+
+def records_by_trial(study):
+    meta = json.loads((study / "study.json").read_text())
+    out = {}
+    for trial in meta["trials"]:
+        folder = study / "trials" / f"trial_{trial['index']:04d}"
+        out[trial["key"]] = [{k: v for k, v in r.items() if k != "time_s"} for r in read_jsonl(folder / "metrics.jsonl")]
+    return out
+
+
+def test_two_workers_give_exactly_the_inline_results(tmp_path):
+    spec = small_spec(sweep={"grid": {"arms.sgd.lr": [0.05, 0.1]}, "repeats": 2}, plan__steps=15)
+    spec["output"] = {"root": str(tmp_path / "inline")}
+    inline = run_study(spec, quiet=True)
+    spec["output"] = {"root": str(tmp_path / "pool")}
+    pooled = run_study(spec, quiet=True, workers=2)
+    assert records_by_trial(inline) == records_by_trial(pooled)
+    assert len(records_by_trial(pooled)) == 4
+    assert all((pooled / "trials" / f"trial_{i:04d}" / "summary.json").exists() for i in range(4))
+    assert (pooled / "report.md").exists()
+
+
+def test_max_trials_is_a_seeded_subset_that_reaches_every_hyperparameter():
+    spec = load_spec(small_spec(arms=[{"optimizer": "muon", "lr": 0.02}],
+                                sweep={"grid": ABLATION_GRID, "max_trials": 20}))
+    plans = expand(spec)
+    assert len(plans) == 20
+    for path, values in ABLATION_GRID.items():
+        seen = {p.overrides[path] for p in plans}
+        assert len(seen) > 1, path
+    assert [p.overrides for p in plans] != [p.overrides for p in expand({**spec, "sweep": {**spec["sweep"], "max_trials": None}})][:20]
+    assert [p.key for p in expand(spec)] == [p.key for p in plans]  # the same subset every time
+    other = load_spec({**spec, "sweep": {**spec["sweep"], "subset_seed": 99}})
+    assert [p.key for p in expand(other)] != [p.key for p in plans]
+
+
+def test_random_sweeps_draw_from_their_distributions_reproducibly():
+    sweep = {"random": {"n": 30, "params": {"arms.sgd.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                                            "plan.batch_size": {"low": 16, "high": 64, "integer": True},
+                                            "arms.sgd.momentum": {"values": [0.0, 0.9]}}}}
+    spec = load_spec(small_spec(sweep=sweep))
+    plans = expand(spec)
+    assert len(plans) == 30 and [p.overrides for p in plans] == [p.overrides for p in expand(spec)]
+    lrs = [p.spec["arms"][0]["lr"] for p in plans]
+    assert all(1e-4 <= lr <= 1e-1 for lr in lrs) and min(lrs) < 1e-3 < max(lrs) / 10  # log-uniform spread
+    assert all(isinstance(p.spec["plan"]["batch_size"], int) and 16 <= p.spec["plan"]["batch_size"] <= 64 for p in plans)
+    assert {p.spec["arms"][0]["momentum"] for p in plans} == {0.0, 0.9}
+    with pytest.raises(SpecError, match="give either values, or low and high"):
+        load_spec(small_spec(sweep={"random": {"n": 3, "params": {"arms.sgd.lr": {"low": 0.1}}}}))
+
+
+def test_max_experiments_and_workers_from_the_command_line(tmp_path, capsys):
+    import yaml
+
+    spec = small_spec(sweep={"grid": {"arms.sgd.lr": [0.01, 0.02, 0.05, 0.1]}}, plan__steps=5)
+    spec["output"] = {"root": str(tmp_path)}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--max-experiments", "2", "--workers", "2", "--quiet"]) == 0
+    study = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(json.loads((study / "study.json").read_text())["trials"]) == 2
+    assert main(["run", str(path), "--workers", "0"]) == 2
+    assert "--workers: must be between 1 and 256" in capsys.readouterr().err
