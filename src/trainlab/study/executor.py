@@ -3,7 +3,8 @@
 inline  one after another in this process (default)
 pool    a local pool of worker processes (`--workers N`), one trial per worker at a time;
         each worker writes its trial into the study directory as it trains (so the monitor
-        sees it live), gets its share of the CPU threads, and its own GPU round-robin when
+        sees it live), gets its share of the CPU threads ($TRAINLAB_WORKER_THREADS overrides
+        it), and its own GPU round-robin when
         there are several. Results are the same as inline: every trial is deterministic.
 """
 
@@ -30,7 +31,7 @@ def run_inline(store, plans, total: int, quiet: bool, on_done: Callable) -> None
 def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> None:
     context = mp.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads or locks
     slots = context.Value("i", 0)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = int(os.environ.get("TRAINLAB_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers))
     bar = None if quiet else tqdm(total=len(plans), desc=f"trials ({workers} workers)", unit="trial", file=sys.stderr)
     pending = {}
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(slots, threads)) as pool:
