@@ -74,3 +74,17 @@ def test_max_experiments_and_workers_from_the_command_line(tmp_path, capsys):
     assert len(json.loads((study / "study.json").read_text())["trials"]) == 2
     assert main(["run", str(path), "--workers", "0"]) == 2
     assert "--workers: must be between 1 and 256" in capsys.readouterr().err
+
+
+def test_the_report_says_which_hyperparameter_matters(tmp_path):
+    spec = small_spec(arms=[{"name": "sgd", "optimizer": "sgd", "lr": 0.1}], plan__steps=40, plan__batch_size=64,
+                      sweep={"grid": {"arms.sgd.lr": [0.0001, 0.01, 0.3], "plan.batch_size": [32, 64]}, "repeats": 2})
+    spec["output"] = {"root": str(tmp_path)}
+    study = run_study(spec, quiet=True)
+    analysis = json.loads((study / "analysis.json").read_text())
+    lr, batch = analysis["fields"]["arms.sgd.lr"], analysis["fields"]["plan.batch_size"]
+    assert [row["value"] for row in lr["by_value"]] == ["0.0001", "0.01", "0.3"]
+    assert lr["spearman"] > 0.5 and lr["importance"] > batch["importance"]
+    assert analysis["recommendation"]["arms.sgd.lr"] != 0.0001
+    report = (study / "report.md").read_text()
+    assert "## Hyperparameters" in report and (study / "figures" / "effects.png").exists()

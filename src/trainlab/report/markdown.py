@@ -1,5 +1,6 @@
 """report.md: what was run, on which data, and how each arm did (tables + figure)."""
 
+import json
 import math
 import os
 import tempfile
@@ -78,10 +79,38 @@ def build_report(study_dir: str | Path) -> Path:
         lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
-        lines += _divergences(summaries) + _samples(summaries)
+        lines += _sweep(store, summaries) + _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
     return _write_text(store.root / "report.md", "\n".join(lines))
+
+
+def _sweep(store: StudyStore, summaries) -> list[str]:
+    """Hyperparameter effects, when the study swept anything."""
+    from ..analysis.sweep import analyse, effects_figure, sweep_frame
+
+    frame, fields = sweep_frame(summaries, store.meta.get("trials", []))
+    if not fields:
+        return []
+    result = analyse(frame, fields, seed=store.spec["seed"])
+    if not result["fields"]:
+        return []
+    (store.root / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
+    effects_figure(frame, fields, result["metric"], store.root / "figures" / "effects.png")
+    rows = []
+    for field, info in result["fields"].items():
+        best = max(info["by_value"], key=lambda v: v["mean"])
+        rows.append([field, ", ".join(f"{v['value']}: {fmt(v['mean'])}" for v in info["by_value"]), best["value"],
+                     info["spearman"], info["spearman_p"], info.get("importance")])
+    rec = result["recommendation"]
+    lines = ["## Hyperparameters", "",
+             "Held-out accuracy by value (mean over trials and arms); Spearman rank correlation with it; importance = "
+             "drop in a random forest's R^2 when the field is shuffled. Details: `analysis.json`.", "",
+             markdown_table(["field", "accuracy by value", "best value", "Spearman", "p", "importance"], rows), "",
+             "Best configuration: trial " + str(rec["trial"]) + f" (`{rec['arm']}`), "
+             + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": held-out accuracy {fmt(rec[result['metric']])}.", "",
+             "![effects](figures/effects.png)", ""]
+    return lines
 
 
 def _data_sources(store: StudyStore) -> str:

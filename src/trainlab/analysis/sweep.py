@@ -1,0 +1,97 @@
+"""What a sweep says: which hyperparameters matter, in which direction, and the best setting.
+
+Rows are (trial, arm) with the trial's overrides as columns. For every swept field: the
+metric by value (mean, std, n), the Spearman rank correlation with the metric (numeric
+fields), and an importance: the drop in a random forest's R^2 when that field is shuffled
+(scikit-learn permutation importance, seeded). Top and bottom configurations and a
+recommendation close it.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def sweep_frame(summaries: pd.DataFrame, trials: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """Summaries with one column per swept field (the trial's override values)."""
+    overrides = {t["index"]: t.get("overrides") or {} for t in trials}
+    fields = list(dict.fromkeys(k for o in overrides.values() for k in o))
+    frame = summaries.copy()
+    for field in fields:
+        frame[field] = [overrides.get(i, {}).get(field) for i in frame["trial"]]
+    return frame, fields
+
+
+def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_accuracy", higher_is_better: bool = True,
+            seed: int = 0) -> dict:
+    data = frame[frame[metric].notna()].copy()
+    out = {"metric": metric, "higher_is_better": higher_is_better, "rows": int(len(data)), "fields": {}}
+    if data.empty or not fields:
+        return out
+    for field in fields:
+        grouped = data.groupby(data[field].astype(str))[metric]
+        by_value = sorted(({"value": v, "mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else None,
+                            "n": int(len(g))} for v, g in grouped), key=lambda row: _order(row["value"]))
+        numeric = pd.to_numeric(data[field], errors="coerce")
+        rho = p = None
+        if numeric.notna().all() and numeric.nunique() > 1:
+            result = stats.spearmanr(numeric, data[metric])
+            rho, p = float(result.statistic), float(result.pvalue)
+        out["fields"][field] = {"by_value": by_value, "spearman": rho, "spearman_p": p}
+    for field, value in importance(data, fields, metric, seed).items():
+        out["fields"][field]["importance"] = value
+    ranked = data.sort_values(metric, ascending=not higher_is_better)
+    columns = ["trial", "arm", *fields, metric]
+    out["top"] = ranked[columns].head(5).to_dict("records")
+    out["bottom"] = ranked[columns].tail(5).iloc[::-1].to_dict("records")
+    best = ranked.iloc[0]
+    out["recommendation"] = {"trial": int(best["trial"]), "arm": best["arm"], metric: float(best[metric]),
+                             **{f: best[f] for f in fields}}
+    return out
+
+
+def _order(value: str):
+    """Numbers in numeric order, then everything else alphabetically."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def importance(data: pd.DataFrame, fields: list[str], metric: str, seed: int) -> dict:
+    """Permutation importance of each field for a random forest fitted to the metric."""
+    if len(data) < 8:
+        return {f: None for f in fields}
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.inspection import permutation_importance
+
+    x = pd.DataFrame({f: pd.factorize(data[f].astype(str))[0] if pd.to_numeric(data[f], errors="coerce").isna().any()
+                      else pd.to_numeric(data[f]) for f in fields})
+    model = RandomForestRegressor(n_estimators=200, random_state=seed).fit(x, data[metric])
+    result = permutation_importance(model, x, data[metric], n_repeats=10, random_state=seed)
+    return {f: float(v) for f, v in zip(fields, result.importances_mean)}
+
+
+def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(fields))
+    rows = math.ceil(len(fields) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, field in zip(axes.flat, fields):
+        values = sorted(frame[field].dropna().unique(), key=lambda v: (isinstance(v, str), v))
+        groups = [frame[frame[field] == v][metric].dropna().to_numpy() for v in values]
+        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[f"{v:g}" if isinstance(v, float)
+                                                                                        else str(v) for v in values])
+        ax.set(title=field, ylabel=metric)
+        ax.tick_params(axis="x", rotation=30)
+    for ax in list(axes.flat)[len(fields):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
