@@ -66,6 +66,8 @@ class PlanSpec(Strict):
     device: str = "cpu"
     eval_every: int = Field(50, gt=0)
     eval_batch_size: int = Field(512, gt=0, description="held-out samples per forward pass during evaluation")
+    grad_accumulation: int = Field(1, gt=0, description="micro-batches per step (the loss is weighted so the "
+                                                        "gradient equals the whole batch's)")
     init_from: str | None = None
 
     @field_validator("device")
@@ -81,6 +83,8 @@ class PlanSpec(Strict):
             raise ValueError("give plan.steps or plan.epochs, not both")
         if self.steps is None and self.epochs is None:
             self.steps = 100
+        if self.grad_accumulation > self.batch_size:
+            raise ValueError("grad_accumulation cannot exceed batch_size")
         return self
 
 

@@ -21,7 +21,7 @@ from ..data.samplers import GeneratedStream, IndexStream
 from ..errors import SpecError, UserError
 from ..faults.mitigations import ROLLBACK, SKIP, STEP
 from ..optim import build_optimizer, lr_factor, set_lr_factor
-from ..tasks import perplexity, sample_text
+from ..tasks import perplexity
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -258,12 +258,18 @@ class Trial:
         x, y = arm.batch
         self.seed_forward()
         arm.optimizer.zero_grad(set_to_none=True)
-        output = arm.model(x)
-        loss = self.task.loss(output, y, opts=self.options)
-        penalty = self.task.penalty(self.options, arm.model)
-        (loss if penalty is None else loss + penalty).backward()
+        total = self.task.loss_items(y)
+        outputs, loss = [], 0.0
+        for xs, ys in zip(x.tensor_split(self.plan["grad_accumulation"]), y.tensor_split(self.plan["grad_accumulation"])):
+            output = arm.model(xs)
+            share = self.task.loss_items(ys) / total  # a micro-batch's mean counts by its share of the batch
+            part = self.task.loss(output, ys, opts=self.options) * share
+            penalty = self.task.penalty(self.options, arm.model)
+            (part if penalty is None else part + penalty * share).backward()
+            outputs.append(output.detach())
+            loss += part.detach()
         self._hooks("after_backward", arm, step)
-        return loss.item(), output
+        return float(loss), outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     @staticmethod
     def verdict(arm: ArmState, step: int, loss: float) -> str:
@@ -347,8 +353,10 @@ class Trial:
             }
             if arm.name in self.last_probes:
                 arms[arm.name]["probes"] = self.last_probes[arm.name]
-            if self.task.language_model and arm.alive:
-                arms[arm.name]["sample"] = sample_text(arm.model, " ", 64, 0.8, derive_seed(self.seed, "sample"))
+            if arm.alive:
+                text = self.task.sample(self.options, self.data, arm.model, derive_seed(self.seed, "sample"))
+                if text is not None:
+                    arms[arm.name]["sample"] = text
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
                 "data_source": self.data.source, "arms": arms}
 

@@ -4,5 +4,6 @@ from .cnn import SmallCNN
 from .denoiser import Denoiser
 from .gpt import GPT, GPTConfig
 from .mlp import PooledMLP
+from .moe import MoEConfig, MoELM
 
-__all__ = ["Denoiser", "GPT", "GPTConfig", "PooledMLP", "SmallCNN"]
+__all__ = ["Denoiser", "GPT", "GPTConfig", "MoEConfig", "MoELM", "PooledMLP", "SmallCNN"]

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .sampling import generate
+
 
 @dataclass
 class GPTConfig:
@@ -88,16 +90,7 @@ class GPT(nn.Module):
             x = block(x)
         return self.head(self.ln_f(x))
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample `new_tokens` tokens after `idx`; temperature 0 means greedy."""
-        for _ in range(new_tokens):
-            logits = self(idx[:, -self.cfg.block_size:])[:, -1, :]
-            if temperature <= 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                probs = F.softmax(logits.double() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
+        return generate(self, idx, new_tokens, self.cfg.block_size, temperature, generator)
