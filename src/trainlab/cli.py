@@ -60,6 +60,21 @@ def build_parser() -> Parser:
 
     add_fault_commands(sub)
 
+    abl = sub.add_parser("ablation", help="Muon hyperparameter ablation on the MoE language model")
+    abl.add_argument("--quick", action="store_true", help="4 trials of 20 steps on a small corpus")
+    abl.add_argument("--max-experiments", type=int, metavar="N", help="a seeded random subset of N grid points")
+    abl.add_argument("--preset", default="moe-tiny", help="moe-tiny or moe-384")
+    abl.add_argument("--steps", type=int, default=50)
+    abl.add_argument("--batch-size", type=int, default=16)
+    abl.add_argument("--eval-every", type=int, default=5)
+    abl.add_argument("--seed", type=int, default=42)
+    abl.add_argument("--output-root", default="runs", metavar="DIR")
+    abl.add_argument("--analyze-only", action="store_true", help="rebuild the analysis of --results-dir; no training")
+    abl.add_argument("--results-dir", metavar="DIR", help="an existing ablation study (with --analyze-only)")
+    abl.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE")
+    add_workers(abl)
+    add_common(abl)
+
     dyn = sub.add_parser("dynamics", help="SGD vs GD dynamics: six stages per setup (docs/dynamics.md)")
     dyn.add_argument("--setup", type=int, required=True, help="preset 1-8")
     dyn.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K", help="stages to run (default all)")
@@ -267,6 +282,27 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_ablation(args) -> int:
+    from .recipes import ablation
+    from .study import run_study
+
+    if args.analyze_only or args.results_dir:
+        if not (args.analyze_only and args.results_dir):
+            raise UserError("--analyze-only and --results-dir go together")
+        print(ablation.analyze_only(args.results_dir))
+        return 0
+    check_workers(args.workers)
+    for flag in ("steps", "batch_size", "eval_every"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
+    if args.max_experiments is not None and args.max_experiments < 1:
+        raise UserError("--max-experiments: must be at least 1")
+    spec = ablation.build_spec(args.quick, args.preset, args.steps, args.batch_size, args.eval_every, args.seed,
+                               args.max_experiments, args.output_root)
+    print(run_study(spec, args.sets, quiet=args.quiet, workers=args.workers))
+    return 0
+
+
 def cmd_dynamics(args) -> int:
     from pathlib import Path
 
@@ -310,7 +346,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"ablation": cmd_ablation, "dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

@@ -92,23 +92,29 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
     frame, fields = sweep_frame(summaries, store.meta.get("trials", []))
     if not fields:
         return []
-    result = analyse(frame, fields, seed=store.spec["seed"])
+    from .. import plugins
+
+    language = plugins.tasks.get(store.spec["task"]["name"]).language_model
+    metric = "final_test_loss" if language else "final_test_accuracy"  # perplexity follows the loss
+    result = analyse(frame, fields, metric=metric, higher_is_better=not language, seed=store.spec["seed"])
     if not result["fields"]:
         return []
     (store.root / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
     effects_figure(frame, fields, result["metric"], store.root / "figures" / "effects.png")
     rows = []
+    pick = max if result["higher_is_better"] else min
+    label = "held-out accuracy" if result["higher_is_better"] else "held-out loss"
     for field, info in result["fields"].items():
-        best = max(info["by_value"], key=lambda v: v["mean"])
+        best = pick(info["by_value"], key=lambda v: v["mean"])
         rows.append([field, ", ".join(f"{v['value']}: {fmt(v['mean'])}" for v in info["by_value"]), best["value"],
                      info["spearman"], info["spearman_p"], info.get("importance")])
     rec = result["recommendation"]
     lines = ["## Hyperparameters", "",
-             "Held-out accuracy by value (mean over trials and arms); Spearman rank correlation with it; importance = "
+             f"The {label} by value (mean over trials and arms); Spearman rank correlation with it; importance = "
              "drop in a random forest's R^2 when the field is shuffled. Details: `analysis.json`.", "",
-             markdown_table(["field", "accuracy by value", "best value", "Spearman", "p", "importance"], rows), "",
+             markdown_table(["field", f"{label} by value", "best value", "Spearman", "p", "importance"], rows), "",
              "Best configuration: trial " + str(rec["trial"]) + f" (`{rec['arm']}`), "
-             + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": held-out accuracy {fmt(rec[result['metric']])}.", "",
+             + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": {label} {fmt(rec[result['metric']])}.", "",
              "![effects](figures/effects.png)", ""]
     return lines
 

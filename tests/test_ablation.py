@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from conftest import needs_shakespeare
+from trainlab.cli import main
+from trainlab.recipes.ablation import LEGACY_GRID, PATHS, build_spec
+from trainlab.spec import load_spec
+from trainlab.study import expand
+
+
+def test_the_legacy_grid_and_a_seeded_subset_that_reaches_every_value():
+    spec = load_spec(build_spec(max_experiments=20))
+    assert spec["plan"]["steps"] == 50 and spec["plan"]["batch_size"] == 16 and spec["plan"]["eval_every"] == 5
+    assert len(expand(load_spec(build_spec()))) == 6 * 5 * 3 * 3
+    plans = expand(spec)
+    assert len(plans) == 20 and len({p.seed for p in plans}) == 1  # the same seed for every trial
+    for name, values in LEGACY_GRID.items():
+        assert len({p.overrides[PATHS[name]] for p in plans}) > 1, name
+
+
+@needs_shakespeare
+def test_quick_ablation_writes_the_report_and_analyze_only_rebuilds_it(tmp_path, capsys):
+    assert main(["ablation", "--quick", "--quiet", "--output-root", str(tmp_path)]) == 0
+    study = next(tmp_path.iterdir())
+    for name in ("report.md", "analysis.json", "final_results.json", "config.json", "figures/ablation.png",
+                 "figures/effects.png", "figures/curves.png"):
+        assert (study / name).exists(), name
+    results = json.loads((study / "final_results.json").read_text())
+    assert len(results) == 4 and {"muon_lr", "adamw_lr_ratio", "final_test_loss"} <= set(results[0])
+    analysis = json.loads((study / "analysis.json").read_text())
+    assert analysis["metric"] == "final_test_loss" and analysis["higher_is_better"] is False
+    metrics_before = (study / "trials" / "trial_0000" / "metrics.jsonl").stat().st_mtime_ns
+    (study / "report.md").unlink()
+    assert main(["ablation", "--analyze-only", "--results-dir", str(study)]) == 0
+    assert (study / "report.md").exists() and "## Hyperparameters" in (study / "report.md").read_text()
+    assert (study / "trials" / "trial_0000" / "metrics.jsonl").stat().st_mtime_ns == metrics_before  # no training
+    assert main(["ablation", "--analyze-only", "--results-dir", str(tmp_path / "nope")]) == 2
+    assert "not a study directory" in capsys.readouterr().err
