@@ -37,3 +37,15 @@ def test_quick_ablation_writes_the_report_and_analyze_only_rebuilds_it(tmp_path,
     assert (study / "trials" / "trial_0000" / "metrics.jsonl").stat().st_mtime_ns == metrics_before  # no training
     assert main(["ablation", "--analyze-only", "--results-dir", str(tmp_path / "nope")]) == 2
     assert "not a study directory" in capsys.readouterr().err
+
+
+@needs_shakespeare
+def test_rerunning_into_a_killed_study_finishes_only_the_missing_trials(tmp_path):
+    assert main(["ablation", "--quick", "--quiet", "--output-root", str(tmp_path)]) == 0
+    study = next(tmp_path.iterdir())
+    kept = (study / "trials" / "trial_0001" / "summary.json").stat().st_mtime_ns
+    (study / "trials" / "trial_0002" / "summary.json").unlink()  # as if killed during trial 2
+    assert main(["ablation", "--results-dir", str(study), "--quiet"]) == 0
+    assert (study / "trials" / "trial_0002" / "summary.json").exists()
+    assert (study / "trials" / "trial_0001" / "summary.json").stat().st_mtime_ns == kept
+    assert "Interaction of the two most important fields" in (study / "report.md").read_text()

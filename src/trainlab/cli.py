@@ -70,7 +70,8 @@ def build_parser() -> Parser:
     abl.add_argument("--seed", type=int, default=42)
     abl.add_argument("--output-root", default="runs", metavar="DIR")
     abl.add_argument("--analyze-only", action="store_true", help="rebuild the analysis of --results-dir; no training")
-    abl.add_argument("--results-dir", metavar="DIR", help="an existing ablation study (with --analyze-only)")
+    abl.add_argument("--results-dir", metavar="DIR",
+                     help="an existing ablation study: analyse it (--analyze-only) or finish its unfinished trials")
     abl.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE")
     add_workers(abl)
     add_common(abl)
@@ -286,12 +287,17 @@ def cmd_ablation(args) -> int:
     from .recipes import ablation
     from .study import run_study
 
-    if args.analyze_only or args.results_dir:
-        if not (args.analyze_only and args.results_dir):
-            raise UserError("--analyze-only and --results-dir go together")
+    if args.analyze_only:
+        if not args.results_dir:
+            raise UserError("--analyze-only needs --results-dir DIR (the study to analyse)")
         print(ablation.analyze_only(args.results_dir))
         return 0
     check_workers(args.workers)
+    if args.results_dir:  # run again into an existing study: finished trials are skipped
+        from .study import resume_study
+
+        print(resume_study(args.results_dir, quiet=args.quiet, workers=args.workers))
+        return 0
     for flag in ("steps", "batch_size", "eval_every"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")

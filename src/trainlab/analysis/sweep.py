@@ -42,6 +42,7 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
         out["fields"][field] = {"by_value": by_value, "spearman": rho, "spearman_p": p}
     for field, value in importance(data, fields, metric, seed).items():
         out["fields"][field]["importance"] = value
+    out["interaction"] = interaction(data, fields, out["fields"], metric)
     ranked = data.sort_values(metric, ascending=not higher_is_better)
     columns = ["trial", "arm", *fields, metric]
     out["top"] = ranked[columns].head(5).to_dict("records")
@@ -50,6 +51,26 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
     out["recommendation"] = {"trial": int(best["trial"]), "arm": best["arm"], metric: float(best[metric]),
                              **{f: best[f] for f in fields}}
     return out
+
+
+def interaction(data: pd.DataFrame, fields: list[str], info: dict, metric: str) -> dict | None:
+    """Mean metric over the value grid of the two most important fields (by importance, else by
+    the spread of their means), and how far that grid is from additive (max |residual|)."""
+    if len(fields) < 2:
+        return None
+
+    def weight(f):
+        imp = info[f].get("importance")
+        means = [row["mean"] for row in info[f]["by_value"]]
+        return imp if imp is not None else (max(means) - min(means))
+
+    a, b = sorted(fields, key=weight, reverse=True)[:2]
+    table = data.pivot_table(index=data[a].astype(str), columns=data[b].astype(str), values=metric, aggfunc="mean")
+    values = table.to_numpy(dtype=float)
+    additive = np.nanmean(values, 1, keepdims=True) + np.nanmean(values, 0, keepdims=True) - np.nanmean(values)
+    residual = float(np.nanmax(np.abs(values - additive))) if np.isfinite(values).any() else None
+    return {"fields": [a, b], "rows": list(table.index), "columns": list(table.columns),
+            "mean": [[None if np.isnan(v) else float(v) for v in row] for row in values], "non_additivity": residual}
 
 
 def _order(value: str):

@@ -116,6 +116,13 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
              "Best configuration: trial " + str(rec["trial"]) + f" (`{rec['arm']}`), "
              + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": {label} {fmt(rec[result['metric']])}.", "",
              "![effects](figures/effects.png)", ""]
+    inter = result.get("interaction")
+    if inter:
+        a, b = inter["fields"]
+        table = [[r, *row] for r, row in zip(inter["rows"], inter["mean"])]
+        lines += [f"Interaction of the two most important fields ({label}, mean; rows {a}, columns {b}); "
+                  f"largest departure from an additive model: {fmt(inter['non_additivity'])}.", "",
+                  markdown_table([f"{a} \\ {b}", *inter["columns"]], table), ""]
     return lines
 
 
