@@ -334,13 +334,7 @@ class MoELanguageModel(Task):
         return opts.aux_loss_weight * model.aux_loss if opts.aux_loss_weight else None
 
     def sample(self, opts, data, model, seed):
-        device = next(model.parameters()).device
-        start = torch.tensor([[data.extras["encode"](" ")[0]]], device=device)
-        was_training = model.training
-        model.eval()
-        out = generate(model, start, 64, opts.block_size, 0.8, torch.Generator(device=device).manual_seed(seed))
-        model.train(was_training)
-        return data.extras["decode"](out[0].tolist())
+        return sample_text(model, " ", 64, 0.8, seed, data.extras["encode"], data.extras["decode"], opts.block_size)
 
 
 @functools.lru_cache(maxsize=4)
@@ -373,14 +367,17 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def sample_text(model: GPT, prompt: str = " ", new_tokens: int = 80, temperature: float = 1.0,
-                seed: int = 0) -> str:
-    """Sample text from a character model (seeded)."""
+def sample_text(model: nn.Module, prompt: str = " ", new_tokens: int = 80, temperature: float = 1.0, seed: int = 0,
+                to_ids=None, to_text=None, block_size: int | None = None) -> str:
+    """Sample text from a causal language model (seeded); the tokenizer defaults to the
+    shakespeare-gpt characters."""
+    to_ids = to_ids or (lambda text: encode(text).tolist())
+    to_text = to_text or decode
     device = next(model.parameters()).device
-    idx = encode(prompt or " ").unsqueeze(0).to(device)
+    idx = torch.tensor([to_ids(prompt or " ")], device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = model.generate(idx, new_tokens, temperature, generator)
+    out = generate(model, idx, new_tokens, block_size or model.cfg.block_size, temperature, generator)
     model.train(was_training)
-    return decode(out[0].tolist())
+    return to_text(out[0].tolist())
