@@ -96,10 +96,9 @@ def importance(data: pd.DataFrame, fields: list[str], metric: str, seed: int) ->
 
 
 def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) -> None:
-    import matplotlib
+    from ..report.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = min(3, len(fields))
     rows = math.ceil(len(fields) / cols)

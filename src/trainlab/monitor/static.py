@@ -3,15 +3,12 @@
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .data import collect  # noqa: E402
+from ..report.plotting import pyplot
+from .data import collect
 
 
 def static_plot(root: str | Path, output: str | Path, metrics: list[str] | None = None) -> Path:
+    plt = pyplot()
     data = collect(root, metrics)
     n = len(data["metrics"])
     cols = 2 if n > 1 else 1

@@ -14,10 +14,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.cluster import DBSCAN
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
-from sklearn.neighbors import NearestNeighbors
 
 from ..engine.hooks import Hook
 from ..errors import SpecError
@@ -39,6 +35,11 @@ class BlobsOptions(Strict):
 
 def blob_metrics(x: np.ndarray, options: dict, seed: int) -> dict:
     """Cluster statistics of pairs x [n, 2] (encoder, decoder)."""
+    from sklearn.cluster import DBSCAN  # imported here: scikit-learn is slow to import and only probes need it
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import NearestNeighbors
+
     started = time.perf_counter()
     corr = float(np.corrcoef(x[:, 0], x[:, 1])[0, 1]) if len(x) > 1 and x.std(0).min() > 0 else 0.0
     out = {"correlation": corr, "mean_encoder": float(x[:, 0].mean()), "mean_decoder": float(x[:, 1].mean()),

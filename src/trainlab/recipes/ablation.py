@@ -44,10 +44,9 @@ def build_spec(quick: bool = False, preset: str = "moe-tiny", steps: int = 50, b
 
 
 def build_ablation_report(study_dir) -> Path:
-    import matplotlib
+    from ..report.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from scipy import stats
 
     report = build_report(study_dir)

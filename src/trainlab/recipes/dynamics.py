@@ -194,10 +194,9 @@ def stage5(s: DynamicsSetup, root: Path) -> None:
 
 
 def stage6(s: DynamicsSetup, root: Path) -> None:
-    import matplotlib
+    from ..report.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pandas as pd
 
     folder = root / STAGES[6]

@@ -4,17 +4,15 @@ the step of the injected update, on the same step axis as every curve."""
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..analysis.recovery import win_matrix  # noqa: E402
+from ..analysis.recovery import win_matrix
+from .plotting import pyplot
 
 
 def _colors(arms) -> dict:
+    plt = pyplot()
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {arm: cycle[i % len(cycle)] for i, arm in enumerate(arms)}
 
@@ -29,6 +27,7 @@ def _legend(ax) -> None:
 
 
 def _save(fig, path: Path) -> Path:
+    plt = pyplot()
     with warnings.catch_warnings():  # tight_layout may give up on crowded tick labels; the figure is still fine
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
@@ -50,6 +49,7 @@ def _bars(ax, arms, values, colors, title, ylabel):
 
 def comparison_plots(evals: pd.DataFrame, results: dict, path: Path) -> Path:
     """Held-out accuracy, held-out loss (log), recovery per arm, degradation rate per arm."""
+    plt = pyplot()
     arms, step = list(results["arms"]), results["injection"]["step"]
     colors = _colors(arms)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -78,6 +78,7 @@ def comparison_plots(evals: pd.DataFrame, results: dict, path: Path) -> Path:
 
 def recovery_zoom(evals: pd.DataFrame, train: pd.DataFrame, results: dict, path: Path) -> Path:
     """Around the injection: held-out accuracy and per-step training loss."""
+    plt = pyplot()
     arms, step = list(results["arms"]), results["injection"]["step"]
     colors = _colors(arms)
     lo = max(0, step - max(10, (evals["step"].max() - step) // 4))
@@ -106,6 +107,7 @@ def _title(results: dict) -> str:
 
 def summary_visualizations(results: list[dict], trajectories: dict, path: Path) -> Path:
     """Six panels over all experiments (see the final report for what each shows)."""
+    plt = pyplot()
     arms = list(results[0]["arms"])
     colors = _colors(arms)
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))

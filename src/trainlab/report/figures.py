@@ -2,15 +2,14 @@
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from .plotting import pyplot
 
 
 def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
     """Training/held-out loss (log scale) and held-out accuracy per arm, averaged over trials."""
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     train = metrics[metrics["kind"] == "train"]
