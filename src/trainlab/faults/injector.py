@@ -8,7 +8,6 @@ The event is fully concrete (sites, bits, values are numbers in the spec), which
 makes replay exact. `trainlab.faults.plan` draws such events from a seed.
 """
 
-import json
 from typing import Literal
 
 import numpy as np
@@ -19,6 +18,7 @@ from ..engine.events import EVENTS, EventDef
 from ..engine.hooks import Hook
 from ..errors import SpecError
 from ..spec import Strict
+from ..study.store import atomic_write_json
 from .models import FAULTS, Fault
 from .targets import STATE_KEYS, TARGETS, activation_modules, state_entry
 
@@ -175,9 +175,7 @@ class FaultInjector(Hook):
         trial.artifact_dir.mkdir(parents=True, exist_ok=True)
         config = {**{k: v for k, v in self.o.items() if k != "kind"}, "seed": trial.seed,
                   "dtype": trial.plan["dtype"], "arms": self.realised()}
-        tmp = trial.artifact_dir / ".injection_config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2, allow_nan=True))
-        tmp.replace(trial.artifact_dir / "injection_config.json")
+        atomic_write_json(trial.artifact_dir / "injection_config.json", config)
         if self.batch is not None:
             np.savez(trial.artifact_dir / "injection_batch.npz",
                      **{k: v.detach().cpu().numpy() for k, v in self.batch.items()})

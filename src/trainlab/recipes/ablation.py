@@ -19,7 +19,7 @@ from ..analysis.tables import load_summaries
 from ..errors import UserError
 from ..report.markdown import build_report
 from ..report.registry import REPORTS, ReportDef
-from ..study.store import StudyStore, atomic_write_json
+from ..study.store import StudyStore, atomic_write_json, atomic_write_text
 
 LEGACY_GRID = {"muon_lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3], "adamw_lr_ratio": [0.01, 0.05, 0.1, 0.2, 0.5],
                "momentum": [0.9, 0.95, 0.99], "weight_decay": [0.01, 0.1, 0.5]}
@@ -82,12 +82,10 @@ def build_ablation_report(study_dir) -> Path:
     fig.tight_layout()
     fig.savefig(figures / "ablation.png", dpi=100)
     plt.close(fig)
-    with open(report, "a", encoding="utf-8") as fh:
-        fh.write("\n## Ablation figures\n\nPerformance distribution, rank correlations between the hyperparameters "
-                 "and the held-out loss, and the ten best configurations.\n\n![ablation](figures/ablation.png)\n\n"
-                 "Per-trial results: `final_results.json`; the configuration: `config.json`; statistics: "
-                 "`analysis.json`.\n")
-    return report
+    return atomic_write_text(report, report.read_text(encoding="utf-8") + (
+        "\n## Ablation figures\n\nPerformance distribution, rank correlations between the hyperparameters "
+        "and the held-out loss, and the ten best configurations.\n\n![ablation](figures/ablation.png)\n\n"
+        "Per-trial results: `final_results.json`; the configuration: `config.json`; statistics: `analysis.json`.\n"))
 
 
 def analyze_only(results_dir: str | Path) -> Path:

@@ -32,7 +32,7 @@ from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visu
 from ..report.markdown import fmt, markdown_table
 from ..report.registry import REPORTS, ReportDef
 from ..spec import load_spec, resolve
-from ..study.store import StudyStore, atomic_write_json, read_json, read_jsonl
+from ..study.store import StudyStore, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 INJECTION_KEYS = ("step", "target", "tensor", "state", "indices", "fault", "bits", "values", "duration",
                   "eval_every_after")
@@ -210,9 +210,7 @@ def build_final_report(study_dir: str | Path) -> Path:
     results = finished_results(store)
     lines = [f"# Fault recovery: {store.spec['name']}", ""]
     if not results:
-        path = store.root / "final_report.md"
-        path.write_text("\n".join(lines + ["No experiment has finished yet.", ""]))
-        return path
+        return atomic_write_text(store.root / "final_report.md", "\n".join(lines + ["No experiment has finished yet.", ""]))
     for r in results:
         r["plan_steps"] = read_json(store.trial_dir(r["experiment"]) / "config.json")["spec"]["plan"]["steps"]
     summary_visualizations(results, trajectories(store, results), store.root / "summary_visualizations.png")
@@ -261,11 +259,7 @@ def build_final_report(study_dir: str | Path) -> Path:
               "matrix; degradation-rate distributions; total recovery against the size of the corruption; mean "
               "total recovery by injection step. Each `experiment_NNN/` has `comparison_plots.png` and "
               "`recovery_zoom.png` with the injection step marked.", ""]
-    path = store.root / "final_report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(store.root / "final_report.md", "\n".join(lines))
 
 
 def _ci(m: dict) -> str:

@@ -2,12 +2,10 @@
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from ..analysis.tables import arm_table, load, load_summaries
-from ..study.store import StudyStore
+from ..study.store import StudyStore, atomic_write_text
 from ..tasks import perplexity
 from .figures import curves_figure
 from .registry import REPORTS, ReportDef
@@ -82,7 +80,7 @@ def build_report(study_dir: str | Path) -> Path:
         lines += _sweep(store, summaries) + _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
-    return _write_text(store.root / "report.md", "\n".join(lines))
+    return atomic_write_text(store.root / "report.md", "\n".join(lines))
 
 
 def _sweep(store: StudyStore, summaries) -> list[str]:
@@ -99,7 +97,7 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
     result = analyse(frame, fields, metric=metric, higher_is_better=not language, seed=store.spec["seed"])
     if not result["fields"]:
         return []
-    (store.root / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(store.root / "analysis.json", json.dumps(result, indent=2, default=str))
     effects_figure(frame, fields, result["metric"], store.root / "figures" / "effects.png")
     rows = []
     pick = max if result["higher_is_better"] else min
@@ -148,12 +146,6 @@ def _samples(summaries) -> list[str]:
     return lines + [""]
 
 
-def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 REPORTS.register("standard", ReportDef(build_report, doc="report.md: arms table and loss/accuracy curves"))

@@ -27,19 +27,24 @@ from ..errors import UserError
 from .sweep import TrialPlan
 
 
-def atomic_write_json(path: Path, obj) -> None:
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` so that readers see the old file or the new one, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, allow_nan=True)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
 
 
 def read_json(path: Path) -> dict:
