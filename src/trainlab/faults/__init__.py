@@ -2,8 +2,8 @@
 
 from .injector import FaultInjector, FaultOptions
 from .mitigations import MITIGATIONS
-from .models import EXPONENT_BITS, FAULTS, apply_fault, flip_bits
+from .models import EXPONENT_BITS, FAULTS, Fault, flip_bits
 from .targets import STATE_KEYS, TARGETS
 
 __all__ = ["EXPONENT_BITS", "FAULTS", "FaultInjector", "FaultOptions", "MITIGATIONS", "STATE_KEYS", "TARGETS",
-           "apply_fault", "flip_bits"]
+           "Fault", "flip_bits"]

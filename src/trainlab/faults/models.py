@@ -65,8 +65,3 @@ class Fault:
         if self.fault == "add_noise":
             return old + self.values
         return old * (1 + self.values)  # mul_noise
-
-
-def apply_fault(old: torch.Tensor, fault: str, bits=None, values=None) -> torch.Tensor:
-    """New values for the selected elements `old` (a 1-D tensor)."""
-    return Fault(fault, bits, values, old.dtype, old.device)(old)
