@@ -187,21 +187,19 @@ def trajectories(store: StudyStore, results: list[dict], points: int = 50) -> di
     """Accuracy minus pre-injection accuracy on a common grid of steps after the injection."""
     span = max(r["plan_steps"] - r["injection"]["step"] for r in results) if results else 1
     grid = np.linspace(0, span, points)
-    out = {"grid": grid}
-    for arm in results[0]["arms"]:
-        curves = []
-        for r in results:
-            evals = pd.DataFrame.from_records(
-                [x for x in read_jsonl(store.trial_dir(r["experiment"]) / "metrics.jsonl")
-                 if x.get("kind") == "eval" and x.get("arm") == arm])
+    out = {"grid": grid, **{arm: [] for arm in results[0]["arms"]}}
+    for r in results:  # each experiment's stream is read once, for every arm
+        evals = pd.DataFrame.from_records([x for x in read_jsonl(store.trial_dir(r["experiment"]) / "metrics.jsonl")
+                                           if x.get("kind") == "eval"])
+        for arm in results[0]["arms"]:
             pre = r["arms"][arm]["accuracy_pre"]
-            after = evals[evals["step"] >= r["injection"]["step"]] if len(evals) else evals
+            after = evals[(evals["arm"] == arm) & (evals["step"] >= r["injection"]["step"])] if len(evals) else evals
             if pre is None or len(after) == 0:
                 continue
             rel = after["step"].to_numpy() - r["injection"]["step"]
-            curve = np.interp(grid, rel, after["accuracy"].to_numpy() - pre, right=np.nan)
-            curves.append(curve)
-        out[arm] = np.array(curves) if curves else np.empty((0, points))
+            out[arm].append(np.interp(grid, rel, after["accuracy"].to_numpy() - pre, right=np.nan))
+    for arm in results[0]["arms"]:
+        out[arm] = np.array(out[arm]) if out[arm] else np.empty((0, points))
     return out
 
 
