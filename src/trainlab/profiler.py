@@ -120,9 +120,14 @@ def child(job: dict) -> ProfileRecord:
     return record
 
 
-def rss_now() -> int:
+def statm(column: int) -> int:
+    """A field of /proc/self/statm in bytes: 0 = virtual size, 1 = resident size."""
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(fh.read().split()[column]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_now() -> int:
+    return statm(1)
 
 
 class PeakRSS:
@@ -158,8 +163,7 @@ class PeakRSS:
 
 
 def vm_size() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    return statm(0)
 
 
 # ---------------------------------------------------------------- report

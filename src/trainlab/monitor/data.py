@@ -6,13 +6,12 @@ Every record kind can feed a panel: a metric name is looked up in probe records 
 skipped; files are re-read only when they changed.
 """
 
-import json
 import os
 import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..study.store import read_jsonl
+from ..study.store import StudyStore, read_jsonl
 
 DEFAULT_METRICS = ["silhouette", "clusters", "correlation", "loss"]
 _cache: dict[Path, tuple[tuple, list]] = {}
@@ -26,10 +25,8 @@ def trial_dirs(root: Path) -> list[tuple[str, Path]]:
     if not (root / "study.json").exists():
         raise UserError(f"{str(root)!r} is neither a study directory (study.json) nor a trial directory (metrics.jsonl)")
     try:
-        meta = json.loads((root / "study.json").read_text())
-        pattern = meta["spec"]["output"]["trial_dir"]
-        return [(f"trial {t['index']}", root / pattern.format(index=t["index"])) for t in meta["trials"]]
-    except (ValueError, KeyError, OSError):
+        return [(f"trial {index}", folder) for index, folder in StudyStore.open(root).trial_dirs()]
+    except (UserError, KeyError):  # a damaged study.json: still show whatever streams are there
         return [(p.parent.name, p.parent) for p in sorted(root.glob("**/metrics.jsonl"))]
 
 
