@@ -18,7 +18,9 @@ def preflight(plans: list[TrialPlan]) -> None:
     and checkpoints are checked before anything is written."""
     seen = set()
     for plan in plans:
-        signature = repr((plan.spec["task"], plan.spec["plan"], plan.spec["arms"]))
+        # the length of training changes none of these checks: trials differing only in it share one
+        setup = {k: v for k, v in plan.spec["plan"].items() if k not in ("steps", "epochs")}
+        signature = repr((plan.spec["task"], setup, plan.spec["arms"]))
         if signature not in seen:
             seen.add(signature)
             Trial(plan.spec)
