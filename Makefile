@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> creates .venv, installs trainlab, runs the demo study, writes a report
 #   make test   -> creates .venv, installs trainlab with its test extras, runs the tests
+# Both install the optional extras (Optuna, Ray) so every code path is tested; EXTRAS=test skips them.
 # Torch is installed first and explicitly so pip never pulls a multi-GB CUDA build.
 # Override TORCH for another build, e.g. make demo TORCH="torch --index-url <your CPU index>".
 
@@ -8,6 +9,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+EXTRAS ?= sweep,ray,test
 STAMP  := $(VENV)/.trainlab-installed
 
 .PHONY: demo test clean
@@ -18,7 +20,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,14 +1,16 @@
-"""Executors: orchestration overhead per trial, and the throughput of 1 vs 2 local workers.
+"""Executors: orchestration overhead per trial, and the throughput of 1 vs 2 workers (pool, Ray).
 
     .venv/bin/python benchmarks/bench_executors.py [--trials 20]
 
 Overhead: a study of trials that do almost nothing (one step of a tiny model) against the
 same trials run directly with Trial(...).run(), per trial. Throughput: CPU-bound trials (the
-CNN) through a pool of 1 worker and a pool of 2 workers, one thread per worker, side by side
-in one run; the inline executor using every core is shown for reference.
+CNN) through a pool of 1 worker, a pool of 2 workers and a local Ray instance with 2 workers
+(when Ray is installed), one thread per worker, side by side in one run; Ray's start-up is
+timed apart: it is paid once per study, not per trial. The inline executor using every core is shown for reference.
 """
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
@@ -18,6 +20,7 @@ import torch
 from trainlab.engine import Trial
 from trainlab.spec import load_spec
 from trainlab.study import expand, run_study
+from trainlab.study.executor import ExecutorOptions
 
 
 def tiny(trials: int, root: str) -> dict:
@@ -65,6 +68,14 @@ def main() -> None:
         os.environ["TRAINLAB_WORKER_THREADS"] = "1"
         one = timed(lambda: pool_study(busy_spec, 1))
         two = timed(lambda: run_study(busy_spec, quiet=True, workers=2))
+        ray = startup = None
+        if importlib.util.find_spec("ray") is not None:
+            import ray as ray_lib
+
+            startup = timed(lambda: ray_lib.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                                                 logging_level="ERROR"))
+            ray = timed(lambda: run_study(busy_spec, quiet=True, executor=ExecutorOptions("ray", workers=2)))
+            ray_lib.shutdown()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| measurement | seconds | goal |")
     print("|---|---|---|")
@@ -78,6 +89,10 @@ def main() -> None:
           "(goal >= 1.7x) |")
     print(f"| inline, this process, all threads (reference) | {inline:.1f} | {args.busy_trials / inline:.2f} | "
           f"{one / inline:.2f}x |")
+    if ray is not None:
+        print(f"| local Ray, 2 workers (1 thread each) | {ray:.1f} | {args.busy_trials / ray:.2f} | "
+              f"{one / ray:.2f}x ({ray / two:.2f}x the pool's time; goal <= 1.15x) |")
+        print(f"\nStarting the local Ray instance took {startup:.1f} s more, once per study (not in the table).")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ class Parser(argparse.ArgumentParser):
 def add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="run trials in N local worker processes (same results as one)")
+    parser.add_argument("--executor", choices=("inline", "pool", "ray"),
+                        help="how trials run (default: pool when --workers > 1, else inline)")
+    parser.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: a running Ray cluster "
+                        "(default: start a local Ray instance with --workers workers)")
+
+
+def executor_of(args):
+    from .study.executor import ExecutorOptions
+
+    return ExecutorOptions(kind=args.executor, workers=args.workers, address=args.address)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -112,37 +122,37 @@ def build_parser() -> Parser:
 def cmd_run(args) -> int:
     from .study import run_study
 
-    check_workers(args.workers)
+    executor = executor_of(args)
     sets = list(args.sets) + ([f"output.root={args.output_root}"] if args.output_root else [])
     if args.max_experiments is not None:
         if args.max_experiments < 1:
             raise UserError("--max-experiments: must be at least 1")
         sets.append(f"sweep.max_trials={args.max_experiments}")
-    study = run_study(args.spec, sets, quiet=args.quiet, workers=args.workers)
+    study = run_study(args.spec, sets, quiet=args.quiet, executor=executor)
     print(study)
     return 0
-
-
-def check_workers(workers: int) -> None:
-    if not 1 <= workers <= 256:
-        raise UserError(f"--workers: must be between 1 and 256, got {workers}")
 
 
 def cmd_validate(args) -> int:
     from .spec import dump_yaml, load_spec
     from .study import expand
+    from .study.sweep import seeds_of
 
     spec = load_spec(args.spec, args.sets)
     print(dump_yaml(spec), end="")
-    print(f"# {len(expand(spec))} trial(s)")
+    search = spec["sweep"]["optuna"]
+    if search:
+        print(f"# Optuna search: {search['n_trials']} proposal(s) x {len(seeds_of(spec))} seed(s), proposed as it runs")
+    else:
+        print(f"# {len(expand(spec))} trial(s)")
     return 0
 
 
 def cmd_resume(args) -> int:
     from .study import resume_study
 
-    check_workers(args.workers)
-    print(resume_study(args.study_dir, quiet=args.quiet, workers=args.workers))
+    executor = executor_of(args)
+    print(resume_study(args.study_dir, quiet=args.quiet, executor=executor))
     return 0
 
 
@@ -232,7 +242,7 @@ def cmd_fault_recovery(args) -> int:
     from . import plugins
     from .recipes import fault_recovery
 
-    check_workers(args.workers)
+    executor = executor_of(args)
     check_names("--optimizers", args.optimizers, plugins.optimizers)
     check_names("--mitigations", args.mitigations, plugins.mitigations)
     check_names("--task", [args.task], plugins.tasks)
@@ -260,7 +270,7 @@ def cmd_fault_recovery(args) -> int:
             (f for f in ("window", "value_range", "bit_range") if message.startswith(f)), "fault")
         flag = {"window": "--injection-window"}.get(field, f"--{field.replace('_', '-')}")
         raise UserError(f"{flag}: {message}") from None
-    print(fault_recovery.run(spec, quiet=args.quiet, workers=args.workers))
+    print(fault_recovery.run(spec, quiet=args.quiet, executor=executor))
     return 0
 
 
@@ -292,11 +302,11 @@ def cmd_ablation(args) -> int:
             raise UserError("--analyze-only needs --results-dir DIR (the study to analyse)")
         print(ablation.analyze_only(args.results_dir))
         return 0
-    check_workers(args.workers)
+    executor = executor_of(args)
     if args.results_dir:  # run again into an existing study: finished trials are skipped
         from .study import resume_study
 
-        print(resume_study(args.results_dir, quiet=args.quiet, workers=args.workers))
+        print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
         return 0
     for flag in ("steps", "batch_size", "eval_every"):
         if getattr(args, flag) < 1:
@@ -305,7 +315,7 @@ def cmd_ablation(args) -> int:
         raise UserError("--max-experiments: must be at least 1")
     spec = ablation.build_spec(args.quick, args.preset, args.steps, args.batch_size, args.eval_every, args.seed,
                                args.max_experiments, args.output_root)
-    print(run_study(spec, args.sets, quiet=args.quiet, workers=args.workers))
+    print(run_study(spec, args.sets, quiet=args.quiet, executor=executor))
     return 0
 
 

@@ -125,6 +125,17 @@ class RandomSweep(Strict):
     params: dict[str, RandomParam] = Field(min_length=1)
 
 
+class OptunaSweep(Strict):
+    n_trials: int = Field(gt=0, le=1_000_000, description="stop after this many finished Optuna trials")
+    params: dict[str, RandomParam] = Field(min_length=1, description="search space: values, or low/high (log, integer)")
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    metric: str = Field("final_test_loss", pattern=r"^[A-Za-z0-9_]+$", description="a per-arm summary field")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    arm: str | None = Field(None, description="the arm whose metric is optimised (default: the first)")
+    batch: int = Field(4, gt=0, le=1024, description="trials proposed together; fixed so every executor proposes the same trials")
+    storage: str | None = Field(None, description="Optuna storage URL (default: sqlite optuna.db in the study directory)")
+
+
 class SweepSpec(Strict):
     repeats: int = Field(1, gt=0, le=100_000)
     seeds: list[int] | None = Field(None, min_length=1)
@@ -133,6 +144,7 @@ class SweepSpec(Strict):
     random: RandomSweep | None = Field(None, description="override sets drawn from distributions")
     max_trials: int | None = Field(None, gt=0, description="a seeded random subset of this many override sets")
     subset_seed: int | None = Field(None, description="seed of random draws and subsets (default: the spec seed)")
+    optuna: OptunaSweep | None = Field(None, description="an adaptive search: trials proposed by an Optuna sampler")
 
     @field_validator("grid")
     @classmethod
@@ -141,6 +153,13 @@ class SweepSpec(Strict):
             if not values:
                 raise ValueError(f"grid entry {path!r} has no values")
         return grid
+
+    @model_validator(mode="after")
+    def _optuna_alone(self):
+        if self.optuna is not None and (self.grid or self.points or self.random or self.max_trials):
+            raise ValueError("optuna proposes every trial itself: it cannot be combined with grid, points, random "
+                             "or max_trials (repeats and seeds are allowed)")
+        return self
 
 
 class OutputSpec(Strict):
@@ -301,8 +320,12 @@ def resolve(data: dict) -> dict:
     resolved["probes"] = resolve_plugins(spec.probes, plugins.probes, "probes")
     plugins.reports.get(spec.output.report, "output.report")
     random_paths = list(spec.sweep.random.params) if spec.sweep.random else []
-    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths]:
+    optuna_paths = list(spec.sweep.optuna.params) if spec.sweep.optuna else []
+    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths, *optuna_paths]:
         _check_sweep_path(resolved, path)
+    if spec.sweep.optuna and spec.sweep.optuna.arm and spec.sweep.optuna.arm not in [a["name"] for a in resolved["arms"]]:
+        raise SpecError("sweep.optuna.arm", f"no arm named {spec.sweep.optuna.arm!r}; "
+                        f"arms: {', '.join(a['name'] for a in resolved['arms'])}")
     return resolved
 
 

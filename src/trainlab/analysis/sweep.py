@@ -7,6 +7,7 @@ fields), and an importance: the drop in a random forest's R^2 when that field is
 recommendation close it.
 """
 
+import json
 import math
 
 import numpy as np
@@ -20,8 +21,13 @@ def sweep_frame(summaries: pd.DataFrame, trials: list[dict]) -> tuple[pd.DataFra
     fields = list(dict.fromkeys(k for o in overrides.values() for k in o))
     frame = summaries.copy()
     for field in fields:
-        frame[field] = [overrides.get(i, {}).get(field) for i in frame["trial"]]
+        frame[field] = [_cell(overrides.get(i, {}).get(field)) for i in frame["trial"]]
     return frame, fields
+
+
+def _cell(value):
+    """A swept list or mapping (e.g. hidden sizes [8, 8]) becomes its JSON text: one category."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_accuracy", higher_is_better: bool = True,
@@ -31,7 +37,7 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
     if data.empty or not fields:
         return out
     for field in fields:
-        grouped = data.groupby(data[field].astype(str))[metric]
+        grouped = data.groupby(levels(data[field]))[metric]
         by_value = sorted(({"value": v, "mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else None,
                             "n": int(len(g))} for v, g in grouped), key=lambda row: _order(row["value"]))
         numeric = pd.to_numeric(data[field], errors="coerce")
@@ -65,7 +71,8 @@ def interaction(data: pd.DataFrame, fields: list[str], info: dict, metric: str) 
         return imp if imp is not None else (max(means) - min(means))
 
     a, b = sorted(fields, key=weight, reverse=True)[:2]
-    table = data.pivot_table(index=data[a].astype(str), columns=data[b].astype(str), values=metric, aggfunc="mean")
+    table = data.pivot_table(index=levels(data[a]), columns=levels(data[b]), values=metric, aggfunc="mean",
+                             observed=True)
     values = table.to_numpy(dtype=float)
     additive = np.nanmean(values, 1, keepdims=True) + np.nanmean(values, 0, keepdims=True) - np.nanmean(values)
     residual = float(np.nanmax(np.abs(values - additive))) if np.isfinite(values).any() else None
@@ -73,12 +80,32 @@ def interaction(data: pd.DataFrame, fields: list[str], info: dict, metric: str) 
             "mean": [[None if np.isnan(v) else float(v) for v in row] for row in values], "non_additivity": residual}
 
 
+MAX_LEVELS = 6
+
+
+def levels(column: pd.Series) -> pd.Series:
+    """The values a field's effect is shown by: its own values, or for a numeric field with many
+    (random or Optuna draws) five quantile bins labelled "[low, high]"."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    if numeric.notna().all() and numeric.nunique() > MAX_LEVELS:
+        bins = pd.qcut(numeric, 5, duplicates="drop")
+        return bins.map(lambda b: f"[{b.left:.3g}, {b.right:.3g}]").astype(str)
+    return column.astype(str)
+
+
 def _order(value: str):
-    """Numbers in numeric order, then everything else alphabetically."""
+    """Numbers (and bins, by their low end) in numeric order, then everything else alphabetically."""
     try:
-        return (0, float(value), "")
+        return (0, float(value.removeprefix("[").split(",")[0]), "")
     except ValueError:
         return (1, 0.0, value)
+
+
+def _short(label: str) -> str:
+    try:
+        return f"{float(label):g}"
+    except ValueError:
+        return label
 
 
 def importance(data: pd.DataFrame, fields: list[str], metric: str, seed: int) -> dict:
@@ -104,10 +131,11 @@ def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) ->
     rows = math.ceil(len(fields) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
     for ax, field in zip(axes.flat, fields):
-        values = sorted(frame[field].dropna().unique(), key=lambda v: (isinstance(v, str), v))
-        groups = [frame[frame[field] == v][metric].dropna().to_numpy() for v in values]
-        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[f"{v:g}" if isinstance(v, float)
-                                                                                        else str(v) for v in values])
+        present = frame[frame[field].notna()]
+        level = levels(present[field])
+        values = sorted(level.unique(), key=_order)
+        groups = [present[level == v][metric].dropna().to_numpy() for v in values]
+        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[_short(v) for v in values])
         ax.set(title=field, ylabel=metric)
         ax.tick_params(axis="x", rotation=30)
     for ax in list(axes.flat)[len(fields):]:

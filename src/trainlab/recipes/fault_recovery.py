@@ -90,10 +90,11 @@ def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[d
         raise UserError(f"--layer/--bit: {exc}") from None
 
 
-def run(spec: dict, quiet: bool = False, workers: int = 1) -> Path:
+def run(spec: dict, quiet: bool = False, workers: int = 1, executor=None) -> Path:
     from ..study.runner import run_study
 
-    return run_study(spec, quiet=quiet, on_create=lambda store, plans: write_plan(store, plans, quiet), workers=workers)
+    return run_study(spec, quiet=quiet, on_create=lambda store, plans: write_plan(store, plans, quiet), workers=workers,
+                     executor=executor)
 
 
 def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:

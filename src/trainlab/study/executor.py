@@ -1,23 +1,66 @@
 """Executors: how the trials of a study are run.
 
-inline  one after another in this process (default)
+inline  one after another in this process (the default with one worker)
 pool    a local pool of worker processes (`--workers N`), one trial per worker at a time;
         each worker writes its trial into the study directory as it trains (so the monitor
         sees it live), gets its share of the CPU threads ($TRAINLAB_WORKER_THREADS overrides
-        it), and its own GPU round-robin when
-        there are several. Results are the same as inline: every trial is deterministic.
+        it), and its own GPU round-robin when there are several.
+ray     trials as Ray tasks (`--executor ray [--address HOST:PORT]`), each asking for CPUs
+        (and a GPU when its spec trains on cuda). A task trains in a scratch folder on its
+        node and returns the trial's files; this process writes them into the study, so the
+        cluster needs no shared filesystem. Without --address a local Ray instance with
+        N workers is started for the study.
+
+Every trial is deterministic, so all three give the same numbers.
 """
 
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+
+KINDS = ("inline", "pool", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    kind: str | None = None  # None: pool when workers > 1, else inline
+    workers: int = 1
+    address: str | None = None  # a Ray cluster; None starts a local instance
+
+    def __post_init__(self):
+        if self.kind is not None and self.kind not in KINDS:
+            raise UserError(f"--executor: must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not 1 <= self.workers <= 256:
+            raise UserError(f"--workers: must be between 1 and 256, got {self.workers}")
+        if self.address is not None and self.kind != "ray":
+            raise UserError("--address: only with --executor ray")
+
+    def resolved_kind(self, trials: int) -> str:
+        if self.kind is not None:
+            return self.kind
+        return "pool" if self.workers > 1 and trials > 1 else "inline"
+
+
+def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Callable, total: int) -> None:
+    kind = options.resolved_kind(len(plans))
+    if not plans:
+        return
+    if kind == "ray":
+        run_on_ray(store, plans, options.workers, options.address, quiet, on_done)
+    elif kind == "pool":
+        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, on_done)
+    else:
+        run_inline(store, plans, total, quiet, on_done)
 
 
 def run_inline(store, plans, total: int, quiet: bool, on_done: Callable) -> None:
@@ -28,13 +71,21 @@ def run_inline(store, plans, total: int, quiet: bool, on_done: Callable) -> None
         on_done(plan)
 
 
+def worker_threads(workers: int) -> int:
+    return int(os.environ.get("TRAINLAB_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers))
+
+
+def trial_bar(count: int, label: str, quiet: bool):
+    return None if quiet else tqdm(total=count, desc=f"trials ({label})", unit="trial", file=sys.stderr)
+
+
 def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> None:
     context = mp.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads or locks
     slots = context.Value("i", 0)
-    threads = int(os.environ.get("TRAINLAB_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers))
-    bar = None if quiet else tqdm(total=len(plans), desc=f"trials ({workers} workers)", unit="trial", file=sys.stderr)
+    bar = trial_bar(len(plans), f"{workers} workers", quiet)
     pending = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(slots, threads)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(slots, worker_threads(workers))) as pool:
         for plan in plans:
             pending[pool.submit(_run_one, str(store.root), plan)] = plan
         try:
@@ -70,3 +121,75 @@ def _run_one(root: str, plan) -> None:
     from .store import StudyStore
 
     run_trial(StudyStore.open(root), plan, 0, quiet=True)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'trainlab[ray]'") from None
+    return ray
+
+
+def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable) -> None:
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        env = {k: v for k, v in os.environ.items() if k.startswith("TRAINLAB_")}  # data paths reach every node
+        try:
+            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env} if env else None)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UserError(f"--address {address!r}: cannot connect to a Ray cluster: {exc}") from None
+    # locally Ray counts one CPU per worker while torch gets the worker's share of the cores
+    threads = worker_threads(workers) if address is None else int(os.environ.get("TRAINLAB_WORKER_THREADS") or 1)
+    task = ray.remote(run_detached)
+    bar = trial_bar(len(plans), f"ray, {workers} workers" if address is None else f"ray at {address}", quiet)
+    try:
+        pending = {}
+        for plan in plans:
+            gpus = 1 if plan.spec["plan"]["device"].startswith("cuda") else 0
+            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=3)
+            pending[options.remote(plan, threads)] = plan
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            plan = pending.pop(done[0])
+            result = _ray_result(ray, done[0], plan)
+            store.adopt_trial(plan, result["files"], result["summary"])
+            on_done(plan)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_result(ray, ref, plan) -> dict:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, UserError):
+            raise err.cause from None
+        raise
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
+        raise UserError(f"trial {plan.index}: its Ray worker died after retries ({type(err).__name__}); "
+                        "`trainlab resume` runs the unfinished trials again") from None
+
+
+def run_detached(plan, threads: int) -> dict:
+    """Run one trial in a scratch folder and return its files and summary (runs on a Ray worker)."""
+    import torch
+
+    from .runner import run_trial
+    from .store import StudyStore
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="trainlab-trial-") as scratch:
+        store = StudyStore(Path(scratch), {"spec": plan.spec, "trials": [plan.describe()]})
+        summary = run_trial(store, plan, 0, quiet=True)
+        folder = store.trial_dir(plan.index)
+        files = {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+                 if path.is_file() and path.name != "summary.json"}
+    return {"files": files, "summary": summary}

@@ -8,9 +8,9 @@ from tqdm.auto import tqdm
 from ..engine import Trial
 from ..errors import UserError
 from ..spec import load_spec
-from .executor import run_in_pool, run_inline
+from .executor import ExecutorOptions, run_trials
 from .store import StudyStore
-from .sweep import TrialPlan, expand
+from .sweep import TrialPlan, expand, plans_for
 
 
 def preflight(plans: list[TrialPlan]) -> None:
@@ -43,47 +43,61 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool) -> di
     return summary
 
 
-def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False, workers: int = 1) -> None:
+def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
+            executor: ExecutorOptions = ExecutorOptions()) -> None:
+    if store.spec["sweep"].get("optuna"):
+        from .optuna_search import search
+
+        search(store, executor, quiet, lambda todo: run_plans(store, todo, len(todo), quiet, executor))
+        return
     todo = [plan for plan in plans if not store.finished(plan)]
     if not quiet:
-        done = len(plans) - len(todo)
-        print(f"study {store.root}: {len(plans)} trial(s), {done} already finished", file=sys.stderr)
+        print(f"study {store.root}: {len(plans)} trial(s), {len(plans) - len(todo)} already finished", file=sys.stderr)
+    run_plans(store, todo, len(plans), quiet, executor)
+
+
+def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool, executor: ExecutorOptions) -> None:
     report = report_of(store)
 
     def finished(plan: TrialPlan) -> None:  # recipe outputs are written by this process, in any executor
         if report.on_trial_end is not None:
             report.on_trial_end(store, plan)
 
-    if workers > 1 and len(todo) > 1:
-        run_in_pool(store, todo, min(workers, len(todo)), quiet, finished)
-    else:
-        run_inline(store, todo, len(plans), quiet, finished)
+    run_trials(store, todo, executor, quiet, finished, total)
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
-              on_create=None, workers: int = 1) -> Path:
+              on_create=None, workers: int = 1, executor: ExecutorOptions | None = None) -> Path:
     """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory.
-    `on_create(store, plans)` may add files to the new study directory before any trial runs."""
+    `on_create(store, plans)` may add files to the new study directory before any trial runs.
+    `executor` picks inline / pool / ray; `workers` alone means a pool of that many processes."""
     spec = load_spec(spec, overrides)
+    executor = executor or ExecutorOptions(workers=workers)
     plans = expand(spec)
-    preflight(plans)
+    preflight(plans or first_proposal(spec))
     store = StudyStore.create(spec, plans)
     if on_create is not None:
         on_create(store, plans)
-    execute(store, plans, quiet, workers)
+    execute(store, plans, quiet, executor)
     finish(store, quiet)
     return store.root
 
 
-def resume_study(path: str | Path, quiet: bool = False, workers: int = 1) -> Path:
+def first_proposal(spec: dict) -> list[TrialPlan]:
+    """An adaptive search has no trials yet: check the spec with the low end of its search space."""
+    params = spec["sweep"]["optuna"]["params"] if spec["sweep"].get("optuna") else {}
+    return plans_for(spec, [{path: p["values"][0] if p["values"] else p["low"] for path, p in params.items()}])[:1]
+
+
+def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, executor: ExecutorOptions | None = None) -> Path:
     """Run only the unfinished trials of an existing study."""
     store = StudyStore.open(path)
     plans = expand(store.spec)
     stored = [t["key"] for t in store.meta.get("trials", [])]
-    if stored != [plan.key for plan in plans]:
+    if not store.spec["sweep"].get("optuna") and stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    execute(store, plans, quiet, workers)
+    execute(store, plans, quiet, executor or ExecutorOptions(workers=workers))
     finish(store, quiet)
     return store.root
 

@@ -29,11 +29,15 @@ from .sweep import TrialPlan
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` so that readers see the old file or the new one, never a part."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -170,6 +174,24 @@ class StudyStore:
         (folder / "summary.json").unlink(missing_ok=True)
         atomic_write_json(folder / "config.json", {**plan.describe(), "spec": plan.spec})
         return MetricsWriter(folder / "metrics.jsonl")
+
+    def add_trials(self, plans: list[TrialPlan]) -> None:
+        """Append trials to study.json (an adaptive search adds them as it proposes them)."""
+        self.meta["trials"] = self.meta.get("trials", []) + [plan.describe() for plan in plans]
+        atomic_write_json(self.root / "study.json", self.meta)
+
+    def adopt_trial(self, plan: TrialPlan, files: dict[str, bytes], summary: dict) -> None:
+        """Store a trial that ran elsewhere (a Ray worker): its files, then its summary last."""
+        folder = self.trial_dir(plan.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").unlink(missing_ok=True)
+        for name, data in files.items():
+            target = (folder / name).resolve()
+            if not target.is_relative_to(folder.resolve()):
+                raise UserError(f"trial {plan.index}: a worker returned a file outside its folder: {name!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
+        self.finish_trial(plan, summary)
 
     def finish_trial(self, plan: TrialPlan, summary: dict) -> None:
         atomic_write_json(self.trial_dir(plan.index) / "summary.json", {"index": plan.index, "key": plan.key, **summary})

@@ -75,18 +75,29 @@ def random_draws(random: dict | None, seed: int) -> list[dict]:
 
 
 def expand(spec: dict) -> list[TrialPlan]:
+    """Every trial of a spec whose sweep is fixed up front (an Optuna search adds its own as it goes)."""
+    if spec["sweep"].get("optuna"):
+        return []
+    return plans_for(spec, override_sets(spec))
+
+
+FIXED = {"repeats": 1, "seeds": None, "grid": {}, "points": [], "random": None, "max_trials": None,
+         "subset_seed": None, "optuna": None}
+
+
+def plans_for(spec: dict, override_list: list[dict], start: int = 0) -> list[TrialPlan]:
+    """One trial per override set and seed, numbered from `start`."""
     plans = []
-    for overrides in override_sets(spec):
+    for overrides in override_list:
         base = copy.deepcopy(spec)
         for path, value in overrides.items():
             set_path(base, path, value)
-        base["sweep"] = {"repeats": 1, "seeds": None, "grid": {}, "points": [], "random": None, "max_trials": None,
-                         "subset_seed": None}
+        base["sweep"] = dict(FIXED)
         try:
             base = resolve(base)
         except SpecError as err:
             raise SpecError(f"sweep ({err.path})", err.message) from None
         for seed in seeds_of({**base, "sweep": spec["sweep"]}):
             trial = {**base, "seed": seed}
-            plans.append(TrialPlan(len(plans), trial_key(trial), seed, overrides, trial))
+            plans.append(TrialPlan(start + len(plans), trial_key(trial), seed, overrides, trial))
     return plans
