@@ -1,0 +1,288 @@
+"""DP-SGD gradients: clip each sample's gradient, sum, add Gaussian noise, normalise.
+
+    engine = DPEngine(model, mode="bk", max_grad_norm=1.0, noise_multiplier=1.1, seed=0)
+    result = engine.backward(inputs, targets, per_sample_loss)   # sets p.grad
+    optimizer.step()
+
+Every mode computes the same thing:
+
+    grad = (sum_i c_i g_i + noise_multiplier * C * z) / B,   c_i = min(1, C / (||g_i|| + 1e-6))
+
+with g_i the gradient of sample i's loss (`per_sample_loss`: the mean over its valid
+positions), z ~ N(0, I) from the engine's own seeded generator, and B the expected batch
+size (the batch's own size unless given). The modes differ in cost:
+
+    no_dp       the plain mean gradient (plus the same noise when noise_multiplier > 0)
+    per_sample  reference: per-sample gradients materialised with torch.func (any model)
+    ghost       per-sample norms from activations and output gradients, then a second
+                backward of sum_i c_i loss_i
+    bk          book-keeping: one backward to the layer outputs, norms and the clipped
+                gradient (A^T diag(c) G per layer) from what the hooks kept
+    flash       bk with every Linear norm computed in T-tiles: memory does not grow with T^2
+    fused       the Linear norms accumulated inside the Linear layer's own backward
+                (PyTorch path); other layers as bk
+
+Per-layer clipping gives each of the L layers the threshold C / sqrt(L), so the total
+sensitivity stays C. With `distributed=True` each rank clips its own samples, the clipped
+sums are all-reduced, and every rank then adds the same noise (same seed): noise is added
+once and no per-sample quantity crosses ranks.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+from .layers import SUPPORTED, norm_dtype, rule_of
+
+MODES = ("no_dp", "per_sample", "ghost", "bk", "flash", "fused")
+HOOK_MODES = ("ghost", "bk", "flash", "fused")
+STABILITY = 1e-6  # in the clip factor min(1, C / (norm + 1e-6))
+
+
+def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Cross-entropy per sample: [B, classes] -> [B]; for sequences [B, T, V] the mean over the
+    sample's positions whose target is not `ignore_index` (0 when it has none)."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, targets, reduction="none", ignore_index=ignore_index)
+    token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
+                            ignore_index=ignore_index).view(targets.shape)
+    valid = (targets != ignore_index).to(token.dtype)
+    dims = tuple(range(1, targets.dim()))
+    return (token * valid).sum(dims) / valid.sum(dims).clamp(min=1)
+
+
+def clip_factors(norms: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (threshold / (norms + STABILITY)).clamp(max=1.0)
+
+
+@dataclass
+class StepResult:
+    losses: torch.Tensor  # [B] per-sample losses
+    norms: torch.Tensor | None  # [B] per-sample gradient norms (before clipping)
+    factors: torch.Tensor | None  # [B] clip factors (flat) or [B, L] (per layer)
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses.mean())
+
+
+@dataclass
+class Record:
+    module: nn.Module
+    rule: type
+    inputs: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    target: torch.Tensor | None = None  # what autograd is asked for: the output, or a fused layer's anchor
+    norm_sq: dict | None = None  # filled by the fused backward
+
+
+class DPEngine:
+    def __init__(self, model: nn.Module, mode: str = "bk", max_grad_norm: float = 1.0, noise_multiplier: float = 0.0,
+                 clipping: str = "flat", seed: int = 0, expected_batch_size: int | None = None,
+                 norm_method: str = "auto", tile: int = 256, distributed: bool = False):
+        if mode not in MODES:
+            raise UserError(f"mode: unknown DP mode {mode!r} (allowed: {', '.join(MODES)})")
+        if clipping not in ("flat", "per_layer"):
+            raise UserError(f"clipping: must be flat or per_layer, got {clipping!r}")
+        if max_grad_norm <= 0 or noise_multiplier < 0:
+            raise UserError("max_grad_norm must be > 0 and noise_multiplier >= 0")
+        self.model, self.mode, self.C, self.sigma = model, mode, float(max_grad_norm), float(noise_multiplier)
+        self.clipping, self.expected_batch_size, self.distributed = clipping, expected_batch_size, distributed
+        self.norm_method = "tiled" if mode == "flash" else norm_method
+        self.tile = tile
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.layers = owning_layers(model)
+        if mode in HOOK_MODES:
+            check_supported(model, mode)
+        device = self.params[0][1].device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def backward(self, inputs, targets, loss_fn: Callable = per_sample_loss) -> StepResult:
+        """Set every parameter's .grad to this batch's DP gradient; return losses and norms."""
+        for _, p in self.params:
+            p.grad = None
+        if self.mode == "no_dp":
+            result, sums = self._plain(inputs, targets, loss_fn)
+        elif self.mode == "per_sample":
+            result, sums = self._per_sample(inputs, targets, loss_fn)
+        else:
+            result, sums = self._hooked(inputs, targets, loss_fn)
+        batch = self.expected_batch_size or len(result.losses)
+        if self.distributed:
+            batch = self.expected_batch_size or self._global_batch(len(result.losses))
+            self._all_reduce(sums)
+        for name, p in self.params:
+            grad = sums[name]
+            if self.sigma > 0:
+                grad = grad + self.sigma * self.C * torch.randn(p.shape, generator=self.generator, device=p.device,
+                                                                dtype=grad.dtype)
+            p.grad = (grad / batch).to(p.dtype)
+        return result
+
+    def _plain(self, inputs, targets, loss_fn):
+        losses = loss_fn(self.model(inputs), targets)
+        grads = torch.autograd.grad(losses.sum(), [p for _, p in self.params], allow_unused=True)
+        sums = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, grads)}
+        return StepResult(losses.detach(), None, None), sums
+
+    def _per_sample(self, inputs, targets, loss_fn):
+        from torch.func import functional_call, grad_and_value, vmap
+
+        params = {n: p.detach() for n, p in self.params}
+        buffers = dict(self.model.named_buffers())
+
+        def loss_one(params, x, y):
+            out = functional_call(self.model, (params, buffers), (x.unsqueeze(0),))
+            return loss_fn(out, y.unsqueeze(0)).squeeze(0)
+
+        grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0), randomness="different")(
+            params, inputs, targets)
+        dtype = norm_dtype(next(iter(grads.values())).dtype)
+        layer_sq = {}
+        for name, g in grads.items():
+            layer = self.layers[name]
+            layer_sq[layer] = layer_sq.get(layer, 0) + g.to(dtype).reshape(len(g), -1).pow(2).sum(1)
+        norms, factors = self.factors(layer_sq)
+        sums = {}
+        for name, g in grads.items():
+            c = factors if factors.dim() == 1 else factors[:, list(layer_sq).index(self.layers[name])]
+            sums[name] = torch.tensordot(c.to(dtype), g.to(dtype), dims=1)
+        return StepResult(losses.detach(), norms, factors), sums
+
+    def _hooked(self, inputs, targets, loss_fn):
+        records = {}
+        with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile):
+            losses = loss_fn(self.model(inputs), targets)
+            second = self.mode == "ghost" and self.clipping == "flat"
+            grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
+                                        allow_unused=True)
+        layer_sq = {}
+        for (name, record), g in zip(records.items(), grads):
+            if record.grad is None:  # a hooked layer's G, or zeros for a layer the loss does not reach
+                record.grad = g if g is not None and g.shape == record.output.shape else torch.zeros_like(record.output)
+            if record.norm_sq is None:
+                dtype = norm_dtype(record.grad.dtype)
+                record.norm_sq = record.rule.norms_sq(record.module, as_dtype(record.inputs, dtype),
+                                                      record.grad.to(dtype), self.norm_method, self.tile)
+            layer_sq[name] = sum(record.norm_sq.values())
+        norms, factors = self.factors(layer_sq)
+        if second:  # ghost: the clipped sum by backpropagating sum_i c_i loss_i
+            weighted = torch.autograd.grad((losses * factors.to(losses.dtype)).sum(), [p for _, p in self.params],
+                                           allow_unused=True)
+            sums = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, weighted)}
+        else:
+            sums = {}
+            for i, (name, record) in enumerate(records.items()):
+                c = factors if factors.dim() == 1 else factors[:, i]
+                dtype = norm_dtype(record.grad.dtype)
+                for key, value in record.rule.clipped(record.module, as_dtype(record.inputs, dtype),
+                                                      record.grad.to(dtype), c.to(dtype)).items():
+                    sums[f"{name}.{key}" if name else key] = value
+        return StepResult(losses.detach(), norms, factors), sums
+
+    def factors(self, layer_sq: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample norms and clip factors from per-layer squared norms."""
+        squares = torch.stack(list(layer_sq.values()), 1)  # [B, L]
+        norms = squares.sum(1).sqrt()
+        if self.clipping == "flat":
+            return norms, clip_factors(norms, self.C)
+        return norms, clip_factors(squares.sqrt(), self.C / len(layer_sq) ** 0.5)
+
+    # -- data parallel --------------------------------------------------------------------------
+
+    def _all_reduce(self, sums: dict) -> None:
+        import torch.distributed as dist
+
+        flat = torch.cat([sums[n].reshape(-1) for n, _ in self.params])
+        dist.all_reduce(flat)
+        offset = 0
+        for name, _ in self.params:
+            size = sums[name].numel()
+            sums[name] = flat[offset:offset + size].view_as(sums[name])
+            offset += size
+
+    def _global_batch(self, local: int) -> int:
+        import torch.distributed as dist
+
+        count = torch.tensor([local], dtype=torch.long)
+        dist.all_reduce(count)
+        return int(count.item())
+
+
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor  # embedding indices stay integers
+
+
+def owning_layers(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> the name of the module that holds it directly."""
+    return {f"{prefix}.{n}" if prefix else n: prefix for prefix, module in model.named_modules()
+            for n, _ in module.named_parameters(recurse=False)}
+
+
+def check_supported(model: nn.Module, mode: str) -> None:
+    seen = {}
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        rule = rule_of(module)
+        where = f"module {name or '(root)'!r} ({type(module).__name__})"
+        if rule is None:
+            raise UserError(f"DP mode {mode!r}: {where} has parameters but no per-sample rule "
+                            f"(supported: {SUPPORTED}; mode per_sample handles any module)")
+        try:
+            rule.check(module)
+        except ValueError as err:
+            raise UserError(f"DP mode {mode!r}: {where}: {err}") from None
+        for p in own:
+            if id(p) in seen:
+                raise UserError(f"DP mode {mode!r}: a parameter is shared by {seen[id(p)]!r} and {name!r} (tied "
+                                "weights); untie them or use mode per_sample")
+            seen[id(p)] = name
+
+
+class capture:
+    """Within the block, supported modules keep their inputs and outputs (and, fused, compute
+    their Linear norms in backward)."""
+
+    def __init__(self, model: nn.Module, records: dict, fused: bool, method: str, tile: int):
+        self.model, self.records, self.fused, self.method, self.tile = model, records, fused, method, tile
+        self.handles, self.patched = [], []
+
+    def __enter__(self):
+        for name, module in self.model.named_modules():
+            rule = rule_of(module)
+            if rule is None or not any(p.requires_grad for p in module.parameters(recurse=False)):
+                continue
+            if self.fused and isinstance(module, nn.Linear):
+                from .fused import fused_forward
+
+                record = Record(module, rule)
+                self.records[name] = record
+                module.forward = fused_forward(module, record, self.method, self.tile)
+                self.patched.append(module)
+            else:
+                self.handles.append(module.register_forward_hook(self._hook(name, rule)))
+        return self
+
+    def _hook(self, name: str, rule):
+        def keep(module, args, output):
+            if name in self.records:
+                raise UserError(f"DP: module {name!r} ran twice in one forward pass; per-sample rules need each "
+                                "layer called once (use mode per_sample)")
+            self.records[name] = Record(module, rule, args[0].detach(), output, target=output)
+        return keep
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        for module in self.patched:
+            del module.forward  # back to the class's forward
+        return False

@@ -1,0 +1,43 @@
+"""The fused mode: a Linear layer whose backward also yields its per-sample gradient norms.
+
+During a DP forward each nn.Linear runs through `FusedLinear`. Its backward receives the
+output gradient G anyway; it computes the per-sample squared norms of the weight (and bias)
+gradient from G and the saved input right there, keeps G for the clipped gradient, and
+returns the input gradient only: no weight gradient is formed in this pass. The engine asks
+autograd for the gradient of a zero "anchor" that every fused layer takes as an input, so
+each layer's backward runs even when nothing below it needs a gradient.
+
+The norm uses the Linear rule's PyTorch code (direct, Gram or tiled, chosen per layer).
+"""
+
+import torch
+from torch.nn import functional as F
+
+from .layers import LinearRule, norm_dtype
+
+
+class FusedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, anchor, record, method, tile):
+        ctx.save_for_backward(x, weight)
+        ctx.record, ctx.method, ctx.tile = record, method, tile
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        record = ctx.record
+        record.grad = grad_out
+        dtype = norm_dtype(grad_out.dtype)
+        record.norm_sq = LinearRule.norms_sq(record.module, x.to(dtype), grad_out.to(dtype), ctx.method, ctx.tile)
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device), None, None, None
+
+
+def fused_forward(module, record, method: str, tile: int):
+    def forward(x):
+        record.inputs = x.detach()
+        record.target = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        record.output = FusedLinear.apply(x, module.weight, module.bias, record.target, record, method, tile)
+        return record.output
+    return forward

@@ -1,0 +1,230 @@
+"""Per-sample gradient rules for the layers DP-SGD supports.
+
+A forward hook keeps each supported module's input (the activation A) and a hook on its
+output keeps the gradient of the summed per-sample losses with respect to that output (G).
+Because sample i's loss depends only on sample i, row i of G is d loss_i / d output_i, and
+every per-sample quantity of a layer follows from (A_i, G_i):
+
+    Linear     grad_i W = G_i^T A_i (A, G flattened to [B, T, features])
+    Conv       a Linear over unfolded patches (im2col)
+    Embedding  grad_i W = rows of G_i added at the indices of sample i
+    LayerNorm  grad_i w = sum_t G_i,t * xhat_i,t, grad_i b = sum_t G_i,t
+    RMSNorm    grad_i w = sum_t G_i,t * x_i,t / rms(x_i,t)
+
+Each rule gives per-sample squared norms (by one of three methods) and the clipped sum
+sum_i c_i grad_i, without ever materialising a per-sample gradient unless asked to:
+
+    direct  instantiate grad_i (Linear: [B, out, in]); cheap when T is long and layers small
+    gram    ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T>: [B, T, T]; cheap when T is short
+    tiled   the Gram form in T-tiles of `tile` positions: memory [B, tile, tile], any T
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SUPPORTED = "Linear, Embedding, LayerNorm, RMSNorm, Conv1d, Conv2d"
+
+
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Norms in at least float32: bf16 / fp16 compute, fp32 norms; float64 stays float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    return type(module).__name__ == "RMSNorm" and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def rule_of(module: nn.Module):
+    if isinstance(module, nn.Linear):
+        return LinearRule
+    if isinstance(module, nn.Embedding):
+        return EmbeddingRule
+    if isinstance(module, nn.LayerNorm):
+        return LayerNormRule
+    if is_rms_norm(module):
+        return RMSNormRule
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return ConvRule
+    return None
+
+
+def gram_norm_sq(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """sum_{t,s} (a_t . a_s)(g_t . g_s) for each sample: [B, T, i], [B, T, o] -> [B]."""
+    return ((a @ a.transpose(1, 2)) * (g @ g.transpose(1, 2))).sum((1, 2))
+
+
+def tiled_norm_sq(a: torch.Tensor, g: torch.Tensor, tile: int) -> torch.Tensor:
+    """The Gram form, one pair of T-tiles at a time; the matrix is symmetric, so each pair
+    below the diagonal counts twice."""
+    total = a.new_zeros(a.shape[0])
+    T = a.shape[1]
+    for start in range(0, T, tile):
+        a_row, g_row = a[:, start:start + tile], g[:, start:start + tile]
+        for other in range(0, start + 1, tile):
+            a_col, g_col = a[:, other:other + tile], g[:, other:other + tile]
+            block = ((a_row @ a_col.transpose(1, 2)) * (g_row @ g_col.transpose(1, 2))).sum((1, 2))
+            total += block if other == start else 2 * block
+    return total
+
+
+def choose(method: str, T: int, n_in: int, n_out: int) -> str:
+    """'auto': the Gram form when it is cheaper than instantiating [out, in] per sample."""
+    if method != "auto":
+        return method
+    return "gram" if T * (n_in + n_out) < n_in * n_out else "direct"
+
+
+class LinearRule:
+    @staticmethod
+    def check(module) -> None:
+        """Raise ValueError for a configuration of the module the rule cannot handle."""
+
+    @staticmethod
+    def flatten(module, a: torch.Tensor, g: torch.Tensor):
+        return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
+
+    @classmethod
+    def norms_sq(cls, module, a, g, method: str, tile: int) -> dict:
+        a, g = cls.flatten(module, a, g)
+        out = {}
+        method = choose(method, a.shape[1], a.shape[2], g.shape[2])
+        if method == "direct":
+            out["weight"] = torch.einsum("bto,bti->boi", g, a).pow(2).sum((1, 2))
+        elif method == "gram":
+            out["weight"] = gram_norm_sq(a, g)
+        else:
+            out["weight"] = tiled_norm_sq(a, g, tile)
+        if module.bias is not None:
+            out["bias"] = g.sum(1).pow(2).sum(1)
+        return out
+
+    @classmethod
+    def clipped(cls, module, a, g, c: torch.Tensor) -> dict:
+        a, g = cls.flatten(module, a, g)
+        g = g * c[:, None, None]
+        out = {"weight": g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1])}
+        if module.bias is not None:
+            out["bias"] = g.sum((0, 1))
+        return out
+
+    @classmethod
+    def per_sample(cls, module, a, g) -> dict:
+        a, g = cls.flatten(module, a, g)
+        out = {"weight": torch.einsum("bto,bti->boi", g, a)}
+        if module.bias is not None:
+            out["bias"] = g.sum(1)
+        return out
+
+
+class ConvRule(LinearRule):
+    """A convolution is a Linear layer applied to every patch of its input."""
+
+    @staticmethod
+    def check(module) -> None:
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str) and module.padding != "valid":
+            raise ValueError("only groups=1, zero padding given as numbers (or 'valid') are supported")
+
+    @staticmethod
+    def flatten(module, a: torch.Tensor, g: torch.Tensor):
+        two_d = isinstance(module, nn.Conv2d)
+        pair = (lambda v: tuple(v)) if two_d else (lambda v: (1, v[0]))
+        padding = (0, 0) if module.padding == "valid" else (tuple(module.padding) if two_d else (0, module.padding[0]))
+        x = a if two_d else a.unsqueeze(2)
+        patches = F.unfold(x, pair(module.kernel_size), dilation=pair(module.dilation), padding=padding,
+                           stride=pair(module.stride))  # [B, C_in * k, L]
+        return patches.transpose(1, 2), g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+
+    @classmethod
+    def clipped(cls, module, a, g, c) -> dict:
+        out = super().clipped(module, a, g, c)
+        out["weight"] = out["weight"].reshape(module.weight.shape)
+        return out
+
+    @classmethod
+    def per_sample(cls, module, a, g) -> dict:
+        out = super().per_sample(module, a, g)
+        out["weight"] = out["weight"].reshape(-1, *module.weight.shape)
+        return out
+
+
+class EmbeddingRule:
+    """Rows of G land on the rows of W their tokens index; repeated tokens add up. The norm
+    sums each (sample, token id) group first (a segment sum: memory [B*T, d], any T)."""
+
+    @staticmethod
+    def check(module) -> None:
+        if module.max_norm is not None or module.sparse:
+            raise ValueError("max_norm and sparse embeddings are not supported")
+
+    @staticmethod
+    def flatten(module, idx: torch.Tensor, g: torch.Tensor):
+        idx = idx.reshape(idx.shape[0], -1)  # copies a non-contiguous (e.g. expanded) index tensor
+        g = g.reshape(g.shape[0], -1, g.shape[-1])
+        if module.padding_idx is not None:
+            g = g * (idx != module.padding_idx).unsqueeze(-1).to(g.dtype)
+        return idx, g
+
+    @classmethod
+    def norms_sq(cls, module, idx, g, method: str, tile: int) -> dict:
+        idx, g = cls.flatten(module, idx, g)
+        B, T = idx.shape
+        keys = (torch.arange(B, device=idx.device)[:, None] * module.num_embeddings + idx).reshape(-1)
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        rows = g.new_zeros(len(unique), g.shape[-1]).index_add_(0, inverse, g.reshape(B * T, -1))
+        return {"weight": g.new_zeros(B).index_add_(0, unique // module.num_embeddings, rows.pow(2).sum(1))}
+
+    @classmethod
+    def clipped(cls, module, idx, g, c) -> dict:
+        idx, g = cls.flatten(module, idx, g)
+        weighted = (g * c[:, None, None]).reshape(-1, g.shape[-1])
+        return {"weight": g.new_zeros(module.weight.shape).index_add_(0, idx.reshape(-1), weighted)}
+
+    @classmethod
+    def per_sample(cls, module, idx, g) -> dict:
+        idx, g = cls.flatten(module, idx, g)
+        out = g.new_zeros(idx.shape[0], *module.weight.shape)
+        for i in range(idx.shape[0]):
+            out[i].index_add_(0, idx[i], g[i])
+        return {"weight": out}
+
+
+class _NormRule:
+    """Elementwise affine norms: per-sample gradients are [B, features]: always direct."""
+
+    @staticmethod
+    def check(module) -> None:
+        """Every configuration is supported."""
+
+    @classmethod
+    def per_sample(cls, module, x, g) -> dict:
+        dims = len(module.weight.shape)
+        xhat = cls.normalised(module, x)
+        reduce = tuple(range(1, g.dim() - dims))
+        out = {"weight": (g * xhat).sum(reduce) if reduce else g * xhat}
+        if getattr(module, "bias", None) is not None:
+            out["bias"] = g.sum(reduce) if reduce else g
+        return out
+
+    @classmethod
+    def norms_sq(cls, module, x, g, method: str, tile: int) -> dict:
+        return {k: v.reshape(v.shape[0], -1).pow(2).sum(1) for k, v in cls.per_sample(module, x, g).items()}
+
+    @classmethod
+    def clipped(cls, module, x, g, c) -> dict:
+        return {k: torch.tensordot(c, v, dims=1) for k, v in cls.per_sample(module, x, g).items()}
+
+
+class LayerNormRule(_NormRule):
+    @staticmethod
+    def normalised(module, x):
+        return F.layer_norm(x, module.normalized_shape, eps=module.eps)
+
+
+class RMSNormRule(_NormRule):
+    @staticmethod
+    def normalised(module, x):
+        dims = tuple(range(-len(module.weight.shape), 0))
+        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+

@@ -1,0 +1,135 @@
+"""DP-SGD engines: every mode's per-sample norms and clipped gradient equal explicit
+per-sample gradients, on every supported layer type, with clipping that binds."""
+
+import pytest
+import torch
+from torch import nn
+
+from trainlab.errors import UserError
+from trainlab.models.moe import RMSNorm as TrainlabRMSNorm
+from trainlab.privacy import MODES, DPEngine, per_sample_loss
+
+DP_MODES = [m for m in MODES if m != "no_dp"]
+
+
+class Pooled(nn.Module):
+    """body -> mean over every non-batch, non-feature position -> a linear head (10 classes)."""
+
+    def __init__(self, body: nn.Module, features: int, channels_first: bool = False):
+        super().__init__()
+        self.body, self.channels_first = body, channels_first
+        self.head = nn.Linear(features, 10)
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.channels_first:
+            h = h.movedim(1, -1)
+        return self.head(h.reshape(h.shape[0], -1, h.shape[-1]).mean(1))
+
+
+class PositionModel(nn.Module):
+    """Token plus position embeddings, the position ids expanded (a non-contiguous index tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(12, 6, padding_idx=0)
+        self.pos = nn.Embedding(7, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 12, bias=False)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.shape[1]).expand(idx.shape[0], -1)
+        return self.head(self.norm(self.tok(idx) + self.pos(pos)))
+
+
+def cases():
+    g = torch.Generator().manual_seed(0)
+    x2 = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x3 = torch.randn(6, 4, 5, generator=g, dtype=torch.float64)
+    x4 = torch.randn(6, 3, 4, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,), generator=g)
+    tokens = torch.randint(0, 12, (6, 7), generator=g)
+    tokens[:, -2:] = 0  # padding
+    return {
+        "linear-2d": (Pooled(nn.Linear(5, 8), 8), x2, y),
+        "linear-3d": (Pooled(nn.Linear(5, 8), 8), x3, y),
+        "linear-4d": (Pooled(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8)), 8), x4, y),
+        "layernorm": (Pooled(nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8)), 8), x3, y),
+        "rmsnorm": (Pooled(nn.Sequential(nn.Linear(5, 8), nn.RMSNorm(8), TrainlabRMSNorm(8)), 8), x3, y),
+        "conv1d": (Pooled(nn.Conv1d(4, 8, 3, padding=1, stride=2), 8, channels_first=True), x3.transpose(1, 2)
+                   .contiguous().transpose(1, 2).reshape(6, 4, 5), y),
+        "conv2d": (Pooled(nn.Conv2d(3, 8, (2, 3), padding=1, dilation=(1, 2)), 8, channels_first=True), x4, y),
+        "embedding": (PositionModel(), tokens, torch.where(tokens > 0, (tokens + 1) % 12, -100)),
+    }
+
+
+def explicit(model, x, y):
+    """Per-sample gradients the slow way: one backward per sample."""
+    grads = []
+    for i in range(len(x)):
+        model.zero_grad()
+        per_sample_loss(model(x[i:i + 1]), y[i:i + 1]).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return grads
+
+
+@pytest.mark.parametrize("case", list(cases()))
+@pytest.mark.parametrize("mode", DP_MODES)
+def test_each_engine_matches_explicit_per_sample_gradients(case, mode):
+    torch.manual_seed(1)
+    model, x, y = cases()[case]
+    model.double()
+    grads = explicit(model, x, y)
+    norms = torch.stack([torch.sqrt(sum(g.pow(2).sum() for g in sample.values())) for sample in grads])
+    C = float(norms.median())  # binding: about half the samples are clipped
+    factors = (C / (norms + 1e-6)).clamp(max=1)
+    assert (factors < 1).sum() >= 2
+    expected = {n: sum(c * sample[n] for c, sample in zip(factors, grads)) / len(x) for n in grads[0]}
+    result = DPEngine(model, mode, max_grad_norm=C, tile=3).backward(x, y)
+    torch.testing.assert_close(result.norms, norms, rtol=1e-10, atol=1e-12)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-10, atol=1e-12, msg=f"{case}/{mode}: {name}")
+
+
+def test_per_layer_clipping_and_noise_agree_across_modes():
+    model, x, y = cases()["embedding"]
+    model.double()
+    results = {}
+    for mode in DP_MODES:
+        for p in model.parameters():
+            p.grad = None
+        DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.7, clipping="per_layer", seed=5).backward(x, y)
+        results[mode] = [p.grad.clone() for p in model.parameters()]
+    for mode in DP_MODES[1:]:
+        for a, b in zip(results["per_sample"], results[mode]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    plain = DPEngine(model, "no_dp").backward(x, y)
+    assert plain.norms is None
+
+
+def test_bf16_compute_keeps_norms_in_float32():
+    model, x, y = cases()["linear-3d"]
+    model.to(torch.bfloat16)
+    result = DPEngine(model, "bk", max_grad_norm=0.1).backward(x.to(torch.bfloat16), y)
+    assert result.norms.dtype == torch.float32
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_unsupported_and_tied_modules_are_named():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.scale
+
+    with pytest.raises(UserError, match=r"module 'odd' \(Odd\) has parameters but no per-sample rule"):
+        DPEngine(nn.ModuleDict({"odd": Odd()}), "ghost")
+    tied = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(UserError, match="shared by '0' and '1'"):
+        DPEngine(tied, "bk")
+    with pytest.raises(UserError, match="unknown DP mode 'opacus'"):
+        DPEngine(tied, "opacus")
+    DPEngine(tied, "per_sample")  # the reference handles any module
