@@ -43,6 +43,7 @@ class PositionModel(nn.Module):
 
 
 def cases():
+    torch.manual_seed(0)  # the models' initial weights
     g = torch.Generator().manual_seed(0)
     x2 = torch.randn(6, 5, generator=g, dtype=torch.float64)
     x3 = torch.randn(6, 4, 5, generator=g, dtype=torch.float64)
@@ -133,3 +134,73 @@ def test_unsupported_and_tied_modules_are_named():
     with pytest.raises(UserError, match="unknown DP mode 'opacus'"):
         DPEngine(tied, "opacus")
     DPEngine(tied, "per_sample")  # the reference handles any module
+
+
+def _ddp_rank(rank: int, world: int, folder: str, mode: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        model, x, y = cases()["embedding"]
+        model.double()
+        share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # each rank its own samples
+        DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11, distributed=True).backward(
+            x[share], y[share])
+        torch.save({n: p.grad for n, p in model.named_parameters()}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["bk", "ghost"])
+def test_two_process_data_parallel_gives_the_single_process_update(tmp_path, mode):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path), mode), nprocs=2, join=True)
+    model, x, y = cases()["embedding"]
+    model.double()
+    DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11).backward(x, y)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12, msg=f"rank {rank}: {name}")
+
+
+def test_epsilon_is_the_accountant_librarys_own_answer():
+    pytest.importorskip("opacus")
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    from trainlab.privacy.accounting import Accountant, epsilon, noise_for
+
+    sigma, q, steps, delta = 1.1, 256 / 60_000, 60 * (60_000 // 256), 1e-5  # MNIST, 60 epochs (Abadi et al.)
+    for kind, library in (("rdp", RDPAccountant), ("prv", PRVAccountant)):
+        reference = library()
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=q)
+        assert epsilon(sigma, q, steps, delta, kind) == pytest.approx(reference.get_epsilon(delta), rel=1e-6)
+    assert 2.0 < epsilon(sigma, q, steps, delta) < 3.5
+    running = Accountant(sigma, q, delta)
+    assert running.epsilon == 0.0
+    running.step()
+    assert 0 < running.epsilon < epsilon(sigma, q, steps, delta)
+    noise = noise_for(3.0, 0.01, 1000, 1e-5)
+    assert epsilon(noise, 0.01, 1000, 1e-5) <= 3.0 < epsilon(noise * 0.97, 0.01, 1000, 1e-5)
+
+
+def test_the_consistency_suite_passes_both_regimes_for_every_mode(tmp_path):
+    import json
+
+    from trainlab.recipes.dp_consistency import run_suite
+
+    root = run_suite(["gpt-tiny", "llama-tiny"], list(MODES), steps=3, batch=4, seq=16, output_root=str(tmp_path),
+                     quiet=True)
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["passed"]
+    covered = {(r["model"], r["regime"], r["mode"]) for r in summary["rows"]}
+    for model in ("gpt-tiny", "llama-tiny"):
+        for mode in ("ghost", "bk", "flash", "fused"):
+            assert {(model, "A", mode), (model, "B", mode)} <= covered
+        assert (model, "B", "no_dp+noise") in covered
+        assert (root / "figures" / f"{model}.png").exists()
+        log = json.loads((root / model / "regime_A" / "bk.json").read_text())
+        assert len(log["loss"]) == 3 and "blocks.0.mlp.fc" in log["first_step_linear"] if model == "gpt-tiny" else True
+    assert "| gpt-tiny | A | fused | per_sample | clipped_gradient |" in (root / "summary.md").read_text()

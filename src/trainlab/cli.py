@@ -114,6 +114,19 @@ def build_parser() -> Parser:
     prof.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE")
     add_common(prof)
 
+    dpc = sub.add_parser("dp-consistency", help="prove the DP-SGD clipping modes agree (regimes A and B)")
+    dpc.add_argument("--modes", nargs="+", default=["no_dp", "per_sample", "ghost", "bk", "flash", "fused"],
+                     metavar="MODE", help="no_dp per_sample ghost bk flash fused (default: all)")
+    dpc.add_argument("--model", nargs="+", default=["gpt-tiny", "llama-tiny"], metavar="NAME",
+                     help="gpt-tiny gpt-small gpt-256 gpt2-small llama-tiny llama-small llama-3.2-1b cnn")
+    dpc.add_argument("--steps", type=int, default=5)
+    dpc.add_argument("--seed", type=int, default=42)
+    dpc.add_argument("--dtype", default="float64", help="float64 (threshold 1e-10) or float32 (1e-5)")
+    dpc.add_argument("--batch-size", type=int, default=8)
+    dpc.add_argument("--seq-len", type=int, default=32)
+    dpc.add_argument("--output-root", default="runs", metavar="DIR")
+    add_common(dpc)
+
     sub.add_parser("tasks", help="list tasks and their options")
     sub.add_parser("optimizers", help="list optimizers and their hyperparameters")
     return parser
@@ -319,6 +332,17 @@ def cmd_ablation(args) -> int:
     return 0
 
 
+def cmd_dp_consistency(args) -> int:
+    from .recipes.dp_consistency import run_suite
+
+    root = run_suite(args.model, args.modes, args.steps, args.seed, args.dtype, args.batch_size, args.seq_len,
+                     output_root=args.output_root, quiet=args.quiet)
+    summary = (root / "summary.md").read_text()
+    print(summary)
+    print(root)
+    return 0 if "# DP consistency: PASS" in summary else 1
+
+
 def cmd_dynamics(args) -> int:
     from pathlib import Path
 
@@ -362,7 +386,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"ablation": cmd_ablation, "dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"ablation": cmd_ablation, "dp-consistency": cmd_dp_consistency, "dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

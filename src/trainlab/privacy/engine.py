@@ -28,6 +28,7 @@ sums are all-reduced, and every rank then adds the same noise (same seed): noise
 once and no per-sample quantity crosses ranks.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,8 +143,10 @@ class DPEngine:
             out = functional_call(self.model, (params, buffers), (x.unsqueeze(0),))
             return loss_fn(out, y.unsqueeze(0)).squeeze(0)
 
-        grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0), randomness="different")(
-            params, inputs, targets)
+        with warnings.catch_warnings():  # vmap falls back to a loop for some kernels (attention): slower, not wrong
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0), randomness="different")(
+                params, inputs, targets)
         dtype = norm_dtype(next(iter(grads.values())).dtype)
         layer_sq = {}
         for name, g in grads.items():
