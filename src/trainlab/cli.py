@@ -127,6 +127,18 @@ def build_parser() -> Parser:
     dpc.add_argument("--output-root", default="runs", metavar="DIR")
     add_common(dpc)
 
+    dpp = sub.add_parser("dp-profile", help="step time and peak memory of each DP mode vs a non-private step")
+    dpp.add_argument("--modes", nargs="+", default=["no_dp", "per_sample", "ghost", "bk", "flash", "fused"],
+                     metavar="MODE", help="DP modes, plus opacus_hooks opacus_ghost when Opacus is installed")
+    dpp.add_argument("--model", nargs="+", default=["gpt-tiny", "gpt-256"], metavar="NAME")
+    dpp.add_argument("--batch-size", type=int, nargs="+", default=[16], metavar="B")
+    dpp.add_argument("--seq-len", type=int, nargs="+", default=[128], metavar="T")
+    dpp.add_argument("--device", default="cpu")
+    dpp.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    dpp.add_argument("--rounds", type=int, default=10, help="timed steps per mode (round-robin)")
+    dpp.add_argument("--output", default="dp_profile.md", metavar="FILE", help="markdown table; the figure beside it")
+    add_common(dpp)
+
     sub.add_parser("tasks", help="list tasks and their options")
     sub.add_parser("optimizers", help="list optimizers and their hyperparameters")
     return parser
@@ -343,6 +355,47 @@ def cmd_dp_consistency(args) -> int:
     return 0 if "# DP consistency: PASS" in summary else 1
 
 
+def cmd_dp_profile(args) -> int:
+    from pathlib import Path
+
+    from .privacy.profile import OPACUS, figure, markdown, profile
+    from .privacy import MODES
+    from .recipes.dp_consistency import MODEL_NAMES
+
+    for mode in args.modes:
+        if mode not in (*MODES, *OPACUS):
+            raise UserError(f"--modes: unknown mode {mode!r} (allowed: {', '.join((*MODES, *OPACUS))})")
+    for name in args.model:
+        if name not in MODEL_NAMES:
+            raise UserError(f"--model: unknown model {name!r} (allowed: {', '.join(MODEL_NAMES)})")
+    if args.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--dtype: must be float32 or bfloat16, got {args.dtype!r}")
+    if min(args.batch_size + args.seq_len + [args.rounds]) < 1:
+        raise UserError("--batch-size, --seq-len and --rounds: must be at least 1")
+    if any(m in OPACUS for m in args.modes):
+        import importlib.util
+
+        if importlib.util.find_spec("opacus") is None:
+            raise UserError("--modes opacus_*: Opacus is not installed (pip install 'trainlab[dp]')")
+    output = Path(args.output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {args.output!r}: cannot create its folder: {exc.strerror}") from None
+    rows = profile(args.model, args.batch_size, args.seq_len, args.modes, args.device, args.rounds, args.dtype,
+                   quiet=args.quiet)
+    figure_path = output.with_suffix(".png")
+    figure(rows, figure_path)
+    text = (f"# DP step time and memory\n\ntorch {__import__('torch').__version__}, device {args.device}, "
+            f"{args.dtype}, median of {args.rounds} round-robin steps.\n\n" + markdown(rows)
+            + f"\n![profile]({figure_path.name})\n")
+    from .study.store import atomic_write_text
+
+    atomic_write_text(output, text)
+    print(text)
+    return 0
+
+
 def cmd_dynamics(args) -> int:
     from pathlib import Path
 
@@ -386,7 +439,7 @@ def cmd_fault(args) -> int:
     return 1
 
 
-COMMANDS = {"ablation": cmd_ablation, "dp-consistency": cmd_dp_consistency, "dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+COMMANDS = {"ablation": cmd_ablation, "dp-consistency": cmd_dp_consistency, "dp-profile": cmd_dp_profile, "dynamics": cmd_dynamics, "monitor": cmd_monitor, "profile-batch-size": cmd_profile, "fault-recovery": cmd_fault_recovery, "fault": cmd_fault, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
             "tasks": lambda args: cmd_list("tasks"), "optimizers": lambda args: cmd_list("optimizers")}
 
 

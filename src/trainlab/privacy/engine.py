@@ -17,7 +17,8 @@ size (the batch's own size unless given). The modes differ in cost:
     ghost       per-sample norms from activations and output gradients, then a second
                 backward of sum_i c_i loss_i
     bk          book-keeping: one backward to the layer outputs, norms and the clipped
-                gradient (A^T diag(c) G per layer) from what the hooks kept
+                gradient (A^T diag(c) G per layer, or sum_i c_i grad_i from per-sample
+                gradients kept within `cache_elements`) from what the hooks kept
     flash       bk with every Linear norm computed in T-tiles: memory does not grow with T^2
     fused       the Linear norms accumulated inside the Linear layer's own backward
                 (PyTorch path); other layers as bk
@@ -37,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from .layers import SUPPORTED, norm_dtype, rule_of
+from .layers import SUPPORTED, Budget, norm_dtype, rule_of
 
 MODES = ("no_dp", "per_sample", "ghost", "bk", "flash", "fused")
 HOOK_MODES = ("ghost", "bk", "flash", "fused")
@@ -80,12 +81,14 @@ class Record:
     grad: torch.Tensor | None = None
     target: torch.Tensor | None = None  # what autograd is asked for: the output, or a fused layer's anchor
     norm_sq: dict | None = None  # filled by the fused backward
+    cache: dict | None = None  # per-sample gradients kept for the clipped sum
 
 
 class DPEngine:
     def __init__(self, model: nn.Module, mode: str = "bk", max_grad_norm: float = 1.0, noise_multiplier: float = 0.0,
                  clipping: str = "flat", seed: int = 0, expected_batch_size: int | None = None,
-                 norm_method: str = "auto", tile: int = 256, distributed: bool = False):
+                 norm_method: str = "auto", tile: int = 256, distributed: bool = False,
+                 cache_elements: int = 2**28):
         if mode not in MODES:
             raise UserError(f"mode: unknown DP mode {mode!r} (allowed: {', '.join(MODES)})")
         if clipping not in ("flat", "per_layer"):
@@ -95,7 +98,7 @@ class DPEngine:
         self.model, self.mode, self.C, self.sigma = model, mode, float(max_grad_norm), float(noise_multiplier)
         self.clipping, self.expected_batch_size, self.distributed = clipping, expected_batch_size, distributed
         self.norm_method = "tiled" if mode == "flash" else norm_method
-        self.tile = tile
+        self.tile, self.cache_elements = tile, cache_elements
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.layers = owning_layers(model)
         if mode in HOOK_MODES:
@@ -161,9 +164,11 @@ class DPEngine:
 
     def _hooked(self, inputs, targets, loss_fn):
         records = {}
-        with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile):
+        second = self.mode == "ghost" and self.clipping == "flat"
+        budget = Budget(None if second else self.cache_elements)
+        with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile,
+                     budget=budget):
             losses = loss_fn(self.model(inputs), targets)
-            second = self.mode == "ghost" and self.clipping == "flat"
             grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
                                         allow_unused=True)
         layer_sq = {}
@@ -172,8 +177,9 @@ class DPEngine:
                 record.grad = g if g is not None and g.shape == record.output.shape else torch.zeros_like(record.output)
             if record.norm_sq is None:
                 dtype = norm_dtype(record.grad.dtype)
-                record.norm_sq = record.rule.norms_sq(record.module, as_dtype(record.inputs, dtype),
-                                                      record.grad.to(dtype), self.norm_method, self.tile)
+                record.norm_sq, record.cache = record.rule.norms_sq(
+                    record.module, as_dtype(record.inputs, dtype), record.grad.to(dtype), self.norm_method, self.tile,
+                    budget)
             layer_sq[name] = sum(record.norm_sq.values())
         norms, factors = self.factors(layer_sq)
         if second:  # ghost: the clipped sum by backpropagating sum_i c_i loss_i
@@ -186,8 +192,9 @@ class DPEngine:
                 c = factors if factors.dim() == 1 else factors[:, i]
                 dtype = norm_dtype(record.grad.dtype)
                 for key, value in record.rule.clipped(record.module, as_dtype(record.inputs, dtype),
-                                                      record.grad.to(dtype), c.to(dtype)).items():
+                                                      record.grad.to(dtype), c.to(dtype), record.cache).items():
                     sums[f"{name}.{key}" if name else key] = value
+        records.clear()  # drop activations and graphs now, not at the next garbage collection
         return StepResult(losses.detach(), norms, factors), sums
 
     def factors(self, layer_sq: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,8 +262,9 @@ class capture:
     """Within the block, supported modules keep their inputs and outputs (and, fused, compute
     their Linear norms in backward)."""
 
-    def __init__(self, model: nn.Module, records: dict, fused: bool, method: str, tile: int):
+    def __init__(self, model: nn.Module, records: dict, fused: bool, method: str, tile: int, budget: Budget):
         self.model, self.records, self.fused, self.method, self.tile = model, records, fused, method, tile
+        self.budget = budget
         self.handles, self.patched = [], []
 
     def __enter__(self):
@@ -269,7 +277,7 @@ class capture:
 
                 record = Record(module, rule)
                 self.records[name] = record
-                module.forward = fused_forward(module, record, self.method, self.tile)
+                module.forward = fused_forward(module, record, self.method, self.tile, self.budget)
                 self.patched.append(module)
             else:
                 self.handles.append(module.register_forward_hook(self._hook(name, rule)))

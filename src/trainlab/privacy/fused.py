@@ -18,26 +18,29 @@ from .layers import LinearRule, norm_dtype
 
 class FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, anchor, record, method, tile):
+    def forward(ctx, x, weight, bias, anchor, record, method, tile, budget):
         ctx.save_for_backward(x, weight)
-        ctx.record, ctx.method, ctx.tile = record, method, tile
+        ctx.record, ctx.method, ctx.tile, ctx.budget = record, method, tile, budget
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        record = ctx.record
+        record, ctx.record = ctx.record, None  # the record holds our output: break the cycle
         record.grad = grad_out
         dtype = norm_dtype(grad_out.dtype)
-        record.norm_sq = LinearRule.norms_sq(record.module, x.to(dtype), grad_out.to(dtype), ctx.method, ctx.tile)
+        record.norm_sq, record.cache = LinearRule.norms_sq(record.module, x.to(dtype), grad_out.to(dtype), ctx.method,
+                                                           ctx.tile, ctx.budget)
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, torch.zeros((), dtype=grad_out.dtype, device=grad_out.device), None, None, None
+        anchor = torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)
+        return grad_x, None, None, anchor, None, None, None, None
 
 
-def fused_forward(module, record, method: str, tile: int):
+def fused_forward(module, record, method: str, tile: int, budget):
     def forward(x):
         record.inputs = x.detach()
         record.target = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
-        record.output = FusedLinear.apply(x, module.weight, module.bias, record.target, record, method, tile)
+        record.output = FusedLinear.apply(x, module.weight, module.bias, record.target, record, method, tile,
+                                           budget)
         return record.output
     return forward

@@ -14,9 +14,12 @@ every per-sample quantity of a layer follows from (A_i, G_i):
 Each rule gives per-sample squared norms (by one of three methods) and the clipped sum
 sum_i c_i grad_i, without ever materialising a per-sample gradient unless asked to:
 
-    direct  instantiate grad_i (Linear: [B, out, in]); cheap when T is long and layers small
+    cached  instantiate grad_i (Linear: [B, out, in]) once, keep it for the clipped sum: the
+            cost of an ordinary weight gradient, memory B x parameters (within a budget)
+    direct  instantiate grad_i for the norm only, form the clipped sum from A and G again
     gram    ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T>: [B, T, T]; cheap when T is short
     tiled   the Gram form in T-tiles of `tile` positions: memory [B, tile, tile], any T
+    auto    the cheaper of direct and gram (by multiply-adds)
 """
 
 import torch
@@ -68,9 +71,28 @@ def tiled_norm_sq(a: torch.Tensor, g: torch.Tensor, tile: int) -> torch.Tensor:
     return total
 
 
-def choose(method: str, T: int, n_in: int, n_out: int) -> str:
-    """'auto': the Gram form when it is cheaper than instantiating [out, in] per sample."""
-    if method != "auto":
+class Budget:
+    """How many per-sample gradient elements the engine may keep between the norms and the
+    clipped sum (None: keep none, as in ghost mode, which backpropagates again instead)."""
+
+    def __init__(self, elements: int | None):
+        self.left = elements
+
+    def take(self, n: int) -> bool:
+        if self.left is None or n > self.left:
+            return False
+        self.left -= n
+        return True
+
+
+def choose(method: str, B: int, T: int, n_in: int, n_out: int, budget: Budget | None) -> str:
+    """'auto': the cheaper of the Gram form and direct instantiation, by multiply-adds.
+    'cached' keeps per-sample gradients while the budget lasts (then falls back to auto): it
+    saves the clipped-sum matmul, but a batch of small matmuls and B x parameters of memory
+    traffic cost more than that on a CPU (benchmarks/bench_dp.py)."""
+    if method == "cached" and budget is not None and budget.take(B * n_in * n_out):
+        return "cached"
+    if method not in ("auto", "cached"):
         return method
     return "gram" if T * (n_in + n_out) < n_in * n_out else "direct"
 
@@ -85,27 +107,40 @@ class LinearRule:
         return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
 
     @classmethod
-    def norms_sq(cls, module, a, g, method: str, tile: int) -> dict:
+    def norms_sq(cls, module, a, g, method: str, tile: int, budget: Budget | None = None) -> tuple[dict, dict | None]:
+        """Per-sample squared norms of each parameter's gradient, and what `clipped` may reuse."""
         a, g = cls.flatten(module, a, g)
-        out = {}
-        method = choose(method, a.shape[1], a.shape[2], g.shape[2])
-        if method == "direct":
-            out["weight"] = torch.einsum("bto,bti->boi", g, a).pow(2).sum((1, 2))
+        out, cache = {}, None
+        method = choose(method, a.shape[0], a.shape[1], a.shape[2], g.shape[2], budget)
+        if method in ("direct", "cached"):
+            weight = torch.bmm(g.transpose(1, 2), a)  # [B, out, in]
+            out["weight"] = torch.linalg.vector_norm(weight.reshape(len(weight), -1), dim=1).square()
+            cache = {"weight": weight} if method == "cached" else None
         elif method == "gram":
             out["weight"] = gram_norm_sq(a, g)
         else:
             out["weight"] = tiled_norm_sq(a, g, tile)
         if module.bias is not None:
-            out["bias"] = g.sum(1).pow(2).sum(1)
-        return out
+            bias = g.sum(1)
+            out["bias"] = bias.pow(2).sum(1)
+            cache = {**(cache or {}), "bias": bias}
+        return out, cache
 
     @classmethod
-    def clipped(cls, module, a, g, c: torch.Tensor) -> dict:
-        a, g = cls.flatten(module, a, g)
-        g = g * c[:, None, None]
-        out = {"weight": g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1])}
+    def clipped(cls, module, a, g, c: torch.Tensor, cache: dict | None = None) -> dict:
+        cache = cache or {}
+        out = {}
+        if "weight" in cache:
+            out["weight"] = torch.tensordot(c, cache["weight"], dims=1)
+        else:
+            a2, g2 = cls.flatten(module, a, g)
+            if a2.shape[-1] < g2.shape[-1]:  # scale the smaller of A and G by c
+                a2 = a2 * c[:, None, None]
+            else:
+                g2 = g2 * c[:, None, None]
+            out["weight"] = g2.reshape(-1, g2.shape[-1]).T @ a2.reshape(-1, a2.shape[-1])
         if module.bias is not None:
-            out["bias"] = g.sum((0, 1))
+            out["bias"] = c @ cache["bias"]
         return out
 
     @classmethod
@@ -136,8 +171,8 @@ class ConvRule(LinearRule):
         return patches.transpose(1, 2), g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
 
     @classmethod
-    def clipped(cls, module, a, g, c) -> dict:
-        out = super().clipped(module, a, g, c)
+    def clipped(cls, module, a, g, c, cache: dict | None = None) -> dict:
+        out = super().clipped(module, a, g, c, cache)
         out["weight"] = out["weight"].reshape(module.weight.shape)
         return out
 
@@ -166,16 +201,16 @@ class EmbeddingRule:
         return idx, g
 
     @classmethod
-    def norms_sq(cls, module, idx, g, method: str, tile: int) -> dict:
+    def norms_sq(cls, module, idx, g, method: str, tile: int, budget: Budget | None = None) -> tuple[dict, None]:
         idx, g = cls.flatten(module, idx, g)
         B, T = idx.shape
         keys = (torch.arange(B, device=idx.device)[:, None] * module.num_embeddings + idx).reshape(-1)
         unique, inverse = torch.unique(keys, return_inverse=True)
         rows = g.new_zeros(len(unique), g.shape[-1]).index_add_(0, inverse, g.reshape(B * T, -1))
-        return {"weight": g.new_zeros(B).index_add_(0, unique // module.num_embeddings, rows.pow(2).sum(1))}
+        return {"weight": g.new_zeros(B).index_add_(0, unique // module.num_embeddings, rows.pow(2).sum(1))}, None
 
     @classmethod
-    def clipped(cls, module, idx, g, c) -> dict:
+    def clipped(cls, module, idx, g, c, cache: None = None) -> dict:
         idx, g = cls.flatten(module, idx, g)
         weighted = (g * c[:, None, None]).reshape(-1, g.shape[-1])
         return {"weight": g.new_zeros(module.weight.shape).index_add_(0, idx.reshape(-1), weighted)}
@@ -207,12 +242,13 @@ class _NormRule:
         return out
 
     @classmethod
-    def norms_sq(cls, module, x, g, method: str, tile: int) -> dict:
-        return {k: v.reshape(v.shape[0], -1).pow(2).sum(1) for k, v in cls.per_sample(module, x, g).items()}
+    def norms_sq(cls, module, x, g, method: str, tile: int, budget: Budget | None = None) -> tuple[dict, dict]:
+        grads = cls.per_sample(module, x, g)
+        return {k: v.reshape(v.shape[0], -1).pow(2).sum(1) for k, v in grads.items()}, grads
 
     @classmethod
-    def clipped(cls, module, x, g, c) -> dict:
-        return {k: torch.tensordot(c, v, dims=1) for k, v in cls.per_sample(module, x, g).items()}
+    def clipped(cls, module, x, g, c, cache: dict | None = None) -> dict:
+        return {k: torch.tensordot(c, v, dims=1) for k, v in (cache or cls.per_sample(module, x, g)).items()}
 
 
 class LayerNormRule(_NormRule):

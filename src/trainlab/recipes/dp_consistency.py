@@ -83,8 +83,8 @@ def build_problem(name: str, steps: int, batch: int, seq: int, seed: int) -> Pro
     generator = torch.Generator().manual_seed(seed)
     gpts = {"gpt-tiny": dict(n_layer=2, n_head=2, n_embd=32, mlp_ratio=4),
             "gpt-small": dict(n_layer=4, n_head=4, n_embd=128, mlp_ratio=4),
-            "gpt-256": dict(n_layer=4, n_head=4, n_embd=256, mlp_ratio=4),
-            "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, mlp_ratio=4)}
+            "gpt-256": dict(n_layer=4, n_head=4, n_embd=256, mlp_ratio=4, bias=True),
+            "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, mlp_ratio=4, bias=True)}
     if name in gpts:
         vocab = 50257 if name == "gpt2-small" else 256
         tokens, source = text_tokens(generator)
