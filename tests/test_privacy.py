@@ -204,3 +204,71 @@ def test_the_consistency_suite_passes_both_regimes_for_every_mode(tmp_path):
         log = json.loads((root / model / "regime_A" / "bk.json").read_text())
         assert len(log["loss"]) == 3 and "blocks.0.mlp.fc" in log["first_step_linear"] if model == "gpt-tiny" else True
     assert "| gpt-tiny | A | fused | per_sample | clipped_gradient |" in (root / "summary.md").read_text()
+
+
+def test_a_study_arm_trains_with_dp_sgd_and_reports_epsilon(tmp_path):
+    import json
+
+    from conftest import small_spec
+    from trainlab.study import read_jsonl, run_study
+
+    private = {"mode": "bk", "max_grad_norm": 1e6, "noise_multiplier": 0.0}
+    spec = small_spec(arms=[{"name": "plain", "optimizer": "sgd", "lr": 0.1},
+                            {"name": "unclipped", "optimizer": "sgd", "lr": 0.1, "privacy": private},
+                            {"name": "dp", "optimizer": "sgd", "lr": 0.1,
+                             "privacy": {"mode": "ghost", "max_grad_norm": 0.5, "target_epsilon": 4.0}}],
+                      plan__sampler="poisson", plan__steps=30)
+    spec["output"] = {"root": str(tmp_path)}
+    study = run_study(spec, quiet=True)
+    summary = json.loads((study / "trials" / "trial_0000" / "summary.json").read_text())["arms"]
+    # no clipping and no noise: DP-SGD is plain SGD (Poisson batches normalised by their expected size)
+    records = read_jsonl(study / "trials" / "trial_0000" / "metrics.jsonl")
+    plain = [r["loss"] for r in records if r["kind"] == "train" and r["arm"] == "plain"]
+    assert plain and all(r["kind"] != "eval" or "epsilon" not in r for r in records if r["arm"] == "plain")
+    dp = summary["dp"]["privacy"]
+    assert dp["epsilon"] == pytest.approx(4.0, rel=0.02) and dp["noise_multiplier"] > 0.3
+    epsilons = [r["epsilon"] for r in records if r["kind"] == "eval" and r["arm"] == "dp"]
+    assert epsilons[0] == 0.0 and epsilons == sorted(epsilons) and epsilons[-1] == dp["epsilon"]
+    assert summary["unclipped"]["privacy"]["clipped_fraction_last_step"] == 0.0
+
+
+def test_no_clip_no_noise_dp_equals_plain_sgd_on_fixed_batches(tmp_path):
+    import json
+
+    from conftest import small_spec
+    from trainlab.study import run_study
+
+    private = {"mode": "bk", "max_grad_norm": 1e6, "noise_multiplier": 0.0}
+    spec = small_spec(arms=[{"name": "plain", "optimizer": "sgd", "lr": 0.1},
+                            {"name": "unclipped", "optimizer": "sgd", "lr": 0.1, "privacy": private}], plan__steps=30)
+    spec["output"] = {"root": str(tmp_path)}
+    arms = json.loads((run_study(spec, quiet=True) / "trials/trial_0000/summary.json").read_text())["arms"]
+    assert arms["unclipped"]["final_test_loss"] == pytest.approx(arms["plain"]["final_test_loss"], rel=1e-10)
+
+
+def test_dp_arms_refuse_what_they_cannot_do(tmp_path):
+    from conftest import small_spec
+    from trainlab.errors import SpecError
+    from trainlab.spec import load_spec
+    from trainlab.study import run_study
+
+    with pytest.raises(SpecError, match="give either noise_multiplier or target_epsilon"):
+        load_spec(small_spec(arms=[{"optimizer": "sgd", "lr": 0.1, "privacy": {"mode": "bk"}}]))
+    tied = {"name": "t", "task": {"name": "moe-lm", "n_chars": 20000}, "plan": {"steps": 2, "batch_size": 4},
+            "arms": [{"optimizer": "sgd", "lr": 0.1, "privacy": {"mode": "bk", "noise_multiplier": 1.0}}],
+            "output": {"root": str(tmp_path)}}
+    with pytest.raises(UserError, match=r"module 'blocks.0.moe' \(Experts\) has parameters but no per-sample rule"):
+        run_study(tied, quiet=True)
+
+    class TiedLM(nn.Module):  # the head multiplies by the embedding matrix: a second use of one weight
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+
+        def forward(self, idx):
+            return self.embed(idx) @ self.embed.weight.T
+
+    idx = torch.randint(0, 10, (3, 5))
+    with pytest.raises(UserError, match="'embed.weight' is used 2 times in the forward pass"):
+        DPEngine(TiedLM(), "bk").backward(idx, idx)
+    DPEngine(TiedLM(), "per_sample").backward(idx, idx)

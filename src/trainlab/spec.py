@@ -49,19 +49,36 @@ class MitigationSpec(Open):
     kind: str
 
 
+class PrivacySpec(Strict):
+    mode: Literal["no_dp", "per_sample", "ghost", "bk", "flash", "fused"] = "bk"
+    max_grad_norm: float = Field(1.0, gt=0, description="C: each sample's gradient is clipped to this norm")
+    noise_multiplier: float | None = Field(None, ge=0, description="sigma: noise std is sigma * C")
+    target_epsilon: float | None = Field(None, gt=0, description="calibrate sigma to reach this epsilon at the end")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    clipping: Literal["flat", "per_layer"] = "flat"
+
+    @model_validator(mode="after")
+    def _noise(self):
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give either noise_multiplier or target_epsilon")
+        return self
+
+
 class ArmSpec(Open):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     optimizer: str
     lr: float = Field(gt=0)
     schedule: ScheduleSpec = ScheduleSpec()
     mitigations: list[MitigationSpec] = Field(default_factory=list)
+    privacy: PrivacySpec | None = Field(None, description="train this arm with DP-SGD")
 
 
 class PlanSpec(Strict):
     steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
-    sampler: Literal["shuffle", "replacement", "full"] = "shuffle"
+    sampler: Literal["shuffle", "replacement", "full", "poisson"] = "shuffle"
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     eval_every: int = Field(50, gt=0)

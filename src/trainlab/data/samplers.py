@@ -2,7 +2,7 @@
 
 import torch
 
-SAMPLERS = ("shuffle", "replacement", "full")
+SAMPLERS = ("shuffle", "replacement", "full", "poisson")
 
 
 class IndexStream:
@@ -11,12 +11,14 @@ class IndexStream:
     shuffle:      a fresh permutation each epoch, cut into batches, the remainder dropped
     replacement:  each batch drawn uniformly with replacement
     full:         every sample, in order, every step (gradient descent)
+    poisson:      each sample joins the batch independently with probability batch_size / n
+                  (the sampling DP-SGD's privacy accounting assumes); batch sizes vary
     """
 
     def __init__(self, n: int, batch_size: int, sampler: str, seed: int):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}")
-        if sampler == "shuffle" and batch_size > n:
+        if sampler in ("shuffle", "poisson") and batch_size > n:
             raise ValueError(f"batch_size {batch_size} is larger than the training set ({n})")
         self.n, self.batch_size, self.sampler = n, batch_size, sampler
         self.generator = torch.Generator().manual_seed(seed)
@@ -33,6 +35,9 @@ class IndexStream:
             return torch.arange(self.n)
         if self.sampler == "replacement":
             return torch.randint(self.n, (self.batch_size,), generator=self.generator)
+        if self.sampler == "poisson":
+            keep = torch.rand(self.n, generator=self.generator) < self.batch_size / self.n
+            return keep.nonzero().squeeze(1)
         if not self._epoch_batches:
             perm = torch.randperm(self.n, generator=self.generator)
             usable = (self.n // self.batch_size) * self.batch_size

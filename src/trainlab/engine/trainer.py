@@ -78,6 +78,7 @@ class ArmState:
     guards: list = field(default_factory=list)  # mitigations, in spec order
     attempt: int = 0  # 1 while a step is executed again after a rollback
     history: list = field(default_factory=list)  # this arm's eval records
+    private: object = None  # a PrivateArm when the arm trains with DP-SGD
 
     @property
     def alive(self) -> bool:
@@ -163,7 +164,12 @@ class Trial:
             raise SpecError(f"arms.{arm['name']}.optimizer", f"{arm['optimizer']!r} needs a fixed training set, "
                                                           f"but task {self.task.name!r} generates fresh samples")
         guards = [plugins.mitigations.get(m["kind"]).make(m) for m in arm["mitigations"]]
-        return ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch, guards=guards)
+        state = ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch, guards=guards)
+        if arm.get("privacy"):
+            from .private import PrivateArm
+
+            state.private = PrivateArm(self, arm, model)
+        return state
 
     # ------------------------------------------------------------ records
 
@@ -258,6 +264,10 @@ class Trial:
         x, y = arm.batch
         self.seed_forward()
         arm.optimizer.zero_grad(set_to_none=True)
+        if arm.private is not None:
+            loss, output = arm.private.backward(x, y)
+            self._hooks("after_backward", arm, step)
+            return loss, output
         total = self.task.loss_items(y)
         outputs, loss = [], 0.0
         for xs, ys in zip(x.tensor_split(self.plan["grad_accumulation"]), y.tensor_split(self.plan["grad_accumulation"])):
@@ -310,6 +320,8 @@ class Trial:
                 arm.last_eval = self.evaluate_model(arm.model)
                 arm.best_eval_accuracy = max(arm.best_eval_accuracy, arm.last_eval["accuracy"])
                 record = {"kind": "eval", "arm": arm.name, "step": step, **arm.last_eval}
+                if arm.private is not None:
+                    record["epsilon"] = arm.private.epsilon(step)
                 arm.history.append(record)
                 self.log(record)
         self._hooks("on_eval", step)
@@ -353,6 +365,8 @@ class Trial:
             }
             if arm.name in self.last_probes:
                 arms[arm.name]["probes"] = self.last_probes[arm.name]
+            if arm.private is not None:
+                arms[arm.name]["privacy"] = arm.private.summary(self.step)
             if arm.alive:
                 text = self.task.sample(self.options, self.data, arm.model, derive_seed(self.seed, "sample"))
                 if text is not None:

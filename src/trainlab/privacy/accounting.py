@@ -5,6 +5,8 @@ Opacus is an optional dependency (`pip install 'trainlab[dp]'`); trainlab adds n
 accounting arithmetic of its own.
 """
 
+import warnings
+
 from ..errors import UserError
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -16,6 +18,8 @@ def _opacus():
         from opacus.accountants import utils
     except ImportError:
         raise UserError("privacy accounting needs Opacus's accountants: pip install 'trainlab[dp]'") from None
+    # at the first steps the best RDP order lies beyond any grid; the bound stays valid, only loose
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     return accountants, utils
 
 
@@ -36,9 +40,15 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     if noise_multiplier <= 0:
         return float("inf")
     accountants, _ = _opacus()
-    acc = accountants.RDPAccountant() if accountant == "rdp" else accountants.PRVAccountant()
+    if accountant == "prv":
+        acc = accountants.PRVAccountant()
+        acc.history = [(noise_multiplier, sample_rate, steps)]
+        return float(acc.get_epsilon(delta))
+    acc = accountants.RDPAccountant()
     acc.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acc.get_epsilon(delta))
+    # Opacus's default orders stop at 63; early in training (or with little noise) the best
+    # order is higher, so the grid goes on to 4096 (the bound is the minimum over the grid)
+    return float(acc.get_epsilon(delta, alphas=acc.DEFAULT_ALPHAS + [80, 100, 128, 192, 256, 512, 1024, 2048, 4096]))
 
 
 def noise_for(target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:

@@ -66,6 +66,7 @@ class StepResult:
     losses: torch.Tensor  # [B] per-sample losses
     norms: torch.Tensor | None  # [B] per-sample gradient norms (before clipping)
     factors: torch.Tensor | None  # [B] clip factors (flat) or [B, L] (per layer)
+    output: torch.Tensor | None = None  # the model's output for the batch (detached)
 
     @property
     def loss(self) -> float:
@@ -99,6 +100,7 @@ class DPEngine:
         self.clipping, self.expected_batch_size, self.distributed = clipping, expected_batch_size, distributed
         self.norm_method = "tiled" if mode == "flash" else norm_method
         self.tile, self.cache_elements = tile, cache_elements
+        self.checked = False  # the first hooked step checks that every parameter is used once
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.layers = owning_layers(model)
         if mode in HOOK_MODES:
@@ -112,7 +114,10 @@ class DPEngine:
         """Set every parameter's .grad to this batch's DP gradient; return losses and norms."""
         for _, p in self.params:
             p.grad = None
-        if self.mode == "no_dp":
+        if len(targets) == 0:  # an empty Poisson batch: the update is noise alone
+            result = StepResult(torch.zeros(0), None, None)
+            sums = {n: torch.zeros_like(p) for n, p in self.params}
+        elif self.mode == "no_dp":
             result, sums = self._plain(inputs, targets, loss_fn)
         elif self.mode == "per_sample":
             result, sums = self._per_sample(inputs, targets, loss_fn)
@@ -131,10 +136,11 @@ class DPEngine:
         return result
 
     def _plain(self, inputs, targets, loss_fn):
-        losses = loss_fn(self.model(inputs), targets)
+        output = self.model(inputs)
+        losses = loss_fn(output, targets)
         grads = torch.autograd.grad(losses.sum(), [p for _, p in self.params], allow_unused=True)
         sums = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, grads)}
-        return StepResult(losses.detach(), None, None), sums
+        return StepResult(losses.detach(), None, None, output.detach()), sums
 
     def _per_sample(self, inputs, targets, loss_fn):
         from torch.func import functional_call, grad_and_value, vmap
@@ -160,7 +166,9 @@ class DPEngine:
         for name, g in grads.items():
             c = factors if factors.dim() == 1 else factors[:, list(layer_sq).index(self.layers[name])]
             sums[name] = torch.tensordot(c.to(dtype), g.to(dtype), dims=1)
-        return StepResult(losses.detach(), norms, factors), sums
+        with torch.no_grad():  # the batch's output, for accuracy: vmap gave only losses and gradients
+            output = self.model(inputs)
+        return StepResult(losses.detach(), norms, factors, output), sums
 
     def _hooked(self, inputs, targets, loss_fn):
         records = {}
@@ -168,7 +176,11 @@ class DPEngine:
         budget = Budget(None if second else self.cache_elements)
         with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile,
                      budget=budget):
-            losses = loss_fn(self.model(inputs), targets)
+            output = self.model(inputs)
+            losses = loss_fn(output, targets)
+            if not self.checked:
+                check_single_use(losses, self.params, self.mode)
+                self.checked = True
             grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
                                         allow_unused=True)
         layer_sq = {}
@@ -195,7 +207,7 @@ class DPEngine:
                                                       record.grad.to(dtype), c.to(dtype), record.cache).items():
                     sums[f"{name}.{key}" if name else key] = value
         records.clear()  # drop activations and graphs now, not at the next garbage collection
-        return StepResult(losses.detach(), norms, factors), sums
+        return StepResult(losses.detach(), norms, factors, output.detach()), sums
 
     def factors(self, layer_sq: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample norms and clip factors from per-layer squared norms."""
@@ -256,6 +268,28 @@ def check_supported(model: nn.Module, mode: str) -> None:
                 raise UserError(f"DP mode {mode!r}: a parameter is shared by {seen[id(p)]!r} and {name!r} (tied "
                                 "weights); untie them or use mode per_sample")
             seen[id(p)] = name
+
+
+def check_single_use(losses: torch.Tensor, params: list, mode: str) -> None:
+    """Each parameter must reach the loss through one use by its own layer: a weight also used
+    elsewhere (an output head multiplying by the embedding matrix) would get a gradient term
+    that no per-sample rule sees. Counted on the autograd graph: edges into each parameter's
+    accumulator."""
+    uses, seen, stack = {}, set(), [losses.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for child, _ in node.next_functions:
+            if child is not None and hasattr(child, "variable"):
+                uses[id(child.variable)] = uses.get(id(child.variable), 0) + 1
+            stack.append(child)
+    for name, p in params:
+        if uses.get(id(p), 0) > 1:
+            raise UserError(f"DP mode {mode!r}: parameter {name!r} is used {uses[id(p)]} times in the forward pass "
+                            "(tied or reused weights); per-sample rules need one use per layer (mode per_sample "
+                            "handles it)")
 
 
 class capture:
