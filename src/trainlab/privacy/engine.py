@@ -127,13 +127,21 @@ class DPEngine:
         if self.distributed:
             batch = self.expected_batch_size or self._global_batch(len(result.losses))
             self._all_reduce(sums)
+        noise = self._noise(sums) if self.sigma > 0 else None
+        offset = 0
         for name, p in self.params:
             grad = sums[name]
-            if self.sigma > 0:
-                grad = grad + self.sigma * self.C * torch.randn(p.shape, generator=self.generator, device=p.device,
-                                                                dtype=grad.dtype)
-            p.grad = (grad / batch).to(p.dtype)
+            if noise is not None:  # in place: the sums are ours (fresh tensors, or views of the all-reduced buffer)
+                grad = grad.add_(noise[offset:offset + grad.numel()].view_as(grad), alpha=self.sigma * self.C)
+                offset += grad.numel()
+            p.grad = grad.div_(batch).to(p.dtype)
         return result
+
+    def _noise(self, sums: dict) -> torch.Tensor:
+        """z ~ N(0, I) for every parameter, drawn as one buffer in parameter order."""
+        first = sums[self.params[0][0]]
+        total = sum(p.numel() for _, p in self.params)
+        return torch.empty(total, device=first.device, dtype=first.dtype).normal_(generator=self.generator)
 
     def _plain(self, inputs, targets, loss_fn):
         output = self.model(inputs)
