@@ -45,7 +45,7 @@ def test_json_and_yaml_files_load_the_same(tmp_path):
     ({"plan__steps": -5}, "plan.steps", "greater than 0"),
     ({"arms__1__lr": 0}, "arms.1.lr", "greater than 0"),
     ({"arms__1__lr": float("nan")}, "arms.1.lr", "finite"),
-    ({"plan__sampler": "random"}, "plan.sampler", "'shuffle', 'replacement' or 'full'"),
+    ({"plan__sampler": "random"}, "plan.sampler", "'shuffle', 'replacement', 'full' or 'poisson'"),
     ({"plan__dtype": "float16"}, "plan.dtype", "'float32' or 'float64'"),
     ({"plan__stepz": 3}, "plan.stepz", "unknown field (allowed here: batch_size"),
     ({"arms__0__momentun": 0.9}, "arms.0.momentun", "unknown field (allowed here: dampening, momentum"),
