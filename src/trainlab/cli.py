@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TRAINLAB_DATA"] = os.path.abspath(args.data_dir)
         return COMMANDS[args.command](args)
     except UserError as err:
-        print(f"trainlab: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever a library put in the message
+        print(f"trainlab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("trainlab: interrupted; `trainlab resume DIR` finishes the study", file=sys.stderr)
