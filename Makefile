@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= sweep,ray,dp,test
 STAMP  := $(VENV)/.trainlab-installed
 
-.PHONY: demo test clean
+.PHONY: demo test chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the long chaos test: 25 random SIGKILLs of a study, each followed by a resume (CI runs 6)
+chaos: $(STAMP)
+	TRAINLAB_CHAOS_KILLS=25 $(BIN)/python -m pytest tests/test_chaos.py -s -k sigkills
 
 clean:
 	rm -rf $(VENV) runs

@@ -55,6 +55,7 @@ def build_report(study_dir: str | Path) -> Path:
         f"- plan: {plan['steps'] or plan['epochs']} {'steps' if plan['steps'] else 'epochs'}, batch {plan['batch_size']}, "
         f"sampler {plan['sampler']}, {plan['dtype']} on {plan['device']}, held-out evaluation every {plan['eval_every']} steps",
         f"- trials finished: {finished} of {len(store.meta.get('trials', []))}",
+        *[f"- trial {f['index']} failed: {f['reason']} (`trainlab resume` tries it again)" for f in store.failures()],
         f"- trainlab {store.meta.get('trainlab')}, torch {store.meta.get('torch')}, git {store.meta.get('git_revision') or '-'}",
         "",
     ]

@@ -4,7 +4,8 @@ inline  one after another in this process (the default with one worker)
 pool    a local pool of worker processes (`--workers N`), one trial per worker at a time;
         each worker writes its trial into the study directory as it trains (so the monitor
         sees it live), gets its share of the CPU threads ($TRAINLAB_WORKER_THREADS overrides
-        it), and its own GPU round-robin when there are several.
+        it), and its own GPU round-robin when there are several. A trial whose worker dies is
+        tried again in a fresh pool, and recorded as failed after 3 deaths.
 ray     trials as Ray tasks (`--executor ray [--address HOST:PORT]`), each asking for CPUs
         (and a GPU when its spec trains on cuda). A task trains in a scratch folder on its
         node and returns the trial's files; this process writes them into the study, so the
@@ -79,12 +80,31 @@ def trial_bar(count: int, label: str, quiet: bool):
     return None if quiet else tqdm(total=count, desc=f"trials ({label})", unit="trial", file=sys.stderr)
 
 
+ATTEMPTS = 3  # a trial whose worker dies this many times is recorded as failed
+
+
 def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> None:
+    """Trials in a process pool. A worker that dies (killed, out of memory) breaks the pool:
+    the trials it was running are tried again in a fresh pool, and a trial that has been in
+    flight during ATTEMPTS such deaths is recorded as failed (failure.json) so the rest of
+    the study completes; `trainlab resume` tries failed trials again."""
+    bar = trial_bar(len(plans), f"{workers} workers", quiet)
+    attempts = {plan.index: 0 for plan in plans}
+    todo = list(plans)
+    try:
+        while todo:
+            todo = _pool_round(store, todo, workers, on_done, bar, attempts)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: dict) -> list:
+    """Run `plans` until done or until the pool breaks; return the ones to try again."""
     context = mp.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads or locks
     slots = context.Value("i", 0)
-    bar = trial_bar(len(plans), f"{workers} workers", quiet)
     pending = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+    with ProcessPoolExecutor(min(workers, len(plans)), mp_context=context, initializer=_start_worker,
                              initargs=(slots, worker_threads(workers))) as pool:
         for plan in plans:
             pending[pool.submit(_run_one, str(store.root), plan)] = plan
@@ -92,17 +112,26 @@ def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> N
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
+                    future.result()  # a broken pool raises here, and the trial stays pending
                     plan = pending.pop(future)
-                    future.result()
                     on_done(plan)
                     if bar is not None:
                         bar.update(1)
         except BrokenProcessPool:
-            raise UserError(f"a worker process died while running trials of {store.root}; "
-                            f"`trainlab resume {store.root}` runs the unfinished ones again") from None
-        finally:
-            if bar is not None:
-                bar.close()
+            pass
+    retry = []
+    for plan in pending.values():
+        if store.finished(plan):  # it finished before the pool noticed the death
+            on_done(plan)
+            continue
+        attempts[plan.index] += 1
+        if attempts[plan.index] >= ATTEMPTS:
+            reason = f"its worker process died {attempts[plan.index]} times (killed, or out of memory?)"
+            store.fail_trial(plan, reason, attempts[plan.index])
+            print(f"trial {plan.index} failed: {reason}", file=sys.stderr)
+        else:
+            retry.append(plan)
+    return retry
 
 
 def _start_worker(slots, threads: int) -> None:
@@ -121,6 +150,9 @@ def _run_one(root: str, plan) -> None:
     from .store import StudyStore
 
     run_trial(StudyStore.open(root), plan, 0, quiet=True)
+
+
+RAY_RETRIES = ATTEMPTS - 1  # Ray re-runs a task whose worker died this many times
 
 
 def import_ray():
@@ -149,14 +181,18 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
         pending = {}
         for plan in plans:
             gpus = 1 if plan.spec["plan"]["device"].startswith("cuda") else 0
-            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=3)
+            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES)
             pending[options.remote(plan, threads)] = plan
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             plan = pending.pop(done[0])
             result = _ray_result(ray, done[0], plan)
-            store.adopt_trial(plan, result["files"], result["summary"])
-            on_done(plan)
+            if "failed" in result:
+                store.fail_trial(plan, result["failed"], RAY_RETRIES + 1)
+                print(f"trial {plan.index} failed: {result['failed']}", file=sys.stderr)
+            else:
+                store.adopt_trial(plan, result["files"], result["summary"])
+                on_done(plan)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -174,8 +210,7 @@ def _ray_result(ray, ref, plan) -> dict:
             raise err.cause from None
         raise
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
-        raise UserError(f"trial {plan.index}: its Ray worker died after retries ({type(err).__name__}); "
-                        "`trainlab resume` runs the unfinished trials again") from None
+        return {"failed": f"its Ray worker died after {RAY_RETRIES} retries ({type(err).__name__})"}
 
 
 def run_detached(plan, threads: int) -> dict:

@@ -1,5 +1,7 @@
 """run_study / resume_study: spec -> trials -> executor -> store -> report."""
 
+import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -64,6 +66,10 @@ def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool,
             report.on_trial_end(store, plan)
 
     run_trials(store, todo, executor, quiet, finished, total)
+    failed = [f for f in store.failures() if f["index"] in {plan.index for plan in todo}]
+    if failed and not quiet:
+        print(f"{len(failed)} trial(s) failed (see their failure.json); `trainlab resume {store.root}` tries them "
+              "again", file=sys.stderr)
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
@@ -76,10 +82,11 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
     store = StudyStore.create(spec, plans)
-    if on_create is not None:
-        on_create(store, plans)
-    execute(store, plans, quiet, executor)
-    finish(store, quiet)
+    with space_errors(store):
+        if on_create is not None:
+            on_create(store, plans)
+        execute(store, plans, quiet, executor)
+        finish(store, quiet)
     return store.root
 
 
@@ -97,9 +104,24 @@ def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, execut
     if not store.spec["sweep"].get("optuna") and stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    execute(store, plans, quiet, executor or ExecutorOptions(workers=workers))
-    finish(store, quiet)
+    with space_errors(store):
+        execute(store, plans, quiet, executor or ExecutorOptions(workers=workers))
+        finish(store, quiet)
     return store.root
+
+
+@contextlib.contextmanager
+def space_errors(store: StudyStore):
+    """A full disk (or quota) ends the study with one clear line; everything written so far is
+    complete files (atomic writes, whole metrics lines), so `resume` picks up once space is back."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise UserError(f"no space left on the device of {store.root}{where}; free some space, then "
+                        f"`trainlab resume {store.root}` runs the unfinished trials") from None
 
 
 def report_of(store: StudyStore):

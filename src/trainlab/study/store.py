@@ -172,6 +172,7 @@ class StudyStore:
         folder = self.trial_dir(plan.index)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").unlink(missing_ok=True)
+        (folder / "failure.json").unlink(missing_ok=True)
         atomic_write_json(folder / "config.json", {**plan.describe(), "spec": plan.spec})
         return MetricsWriter(folder / "metrics.jsonl")
 
@@ -192,6 +193,24 @@ class StudyStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, data)
         self.finish_trial(plan, summary)
+
+    def fail_trial(self, plan: TrialPlan, reason: str, attempts: int) -> None:
+        """Record why a trial could not finish (its worker kept dying); `resume` tries it again."""
+        folder = self.trial_dir(plan.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "failure.json", {"index": plan.index, "key": plan.key, "reason": reason,
+                                                    "attempts": attempts})
+
+    def failures(self) -> list[dict]:
+        out = []
+        for _, folder in self.trial_dirs():
+            try:
+                failure = read_json(folder / "failure.json")
+            except (OSError, ValueError):
+                continue
+            if not (folder / "summary.json").exists():
+                out.append(failure)
+        return out
 
     def finish_trial(self, plan: TrialPlan, summary: dict) -> None:
         atomic_write_json(self.trial_dir(plan.index) / "summary.json", {"index": plan.index, "key": plan.key, **summary})
