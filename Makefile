@@ -29,6 +29,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# every benchmark in CPU mode (about 15 minutes on 2 cores) -> docs/PERFORMANCE.md; GPU=1 adds GPU figures
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(if $(GPU),--gpu)
+
 # the long chaos test: 25 random SIGKILLs of a study, each followed by a resume (CI runs 6)
 chaos: $(STAMP)
 	TRAINLAB_CHAOS_KILLS=25 $(BIN)/python -m pytest tests/test_chaos.py -s -k sigkills
