@@ -33,6 +33,17 @@ def strip_times(records):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
 
 
+def written(study: Path | None) -> int:
+    """Bytes the study has written so far (metrics, summaries, report)."""
+    total = 0
+    for path in study.rglob("*") if study is not None else []:
+        try:
+            total += path.stat().st_size if path.is_file() and not path.name.startswith(".") else 0
+        except OSError:  # renamed or replaced while we looked
+            pass
+    return total
+
+
 def torn_tail(path: Path) -> int:
     """Lines of a metrics stream that do not parse; only the last line may be torn."""
     lines = path.read_bytes().split(b"\n")
@@ -64,10 +75,13 @@ def test_random_sigkills_then_resume_give_an_uninterrupted_study(tmp_path):
             if found:
                 study = found[0].parent
             time.sleep(0.01)
-        if kills < KILLS:
-            deadline = time.time() + rng.uniform(0.05, 2.0)
-            while time.time() < deadline and proc.poll() is None:
+        if kills < KILLS:  # kill while it works: after it writes something new, at a random moment
+            before = written(study)
+            while proc.poll() is None and written(study) == before:
                 time.sleep(0.005)
+            deadline = time.time() + rng.uniform(0.0, 0.8)
+            while time.time() < deadline and proc.poll() is None:
+                time.sleep(0.002)
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
