@@ -272,3 +272,30 @@ def test_dp_arms_refuse_what_they_cannot_do(tmp_path):
     with pytest.raises(UserError, match="'embed.weight' is used 2 times in the forward pass"):
         DPEngine(TiedLM(), "bk").backward(idx, idx)
     DPEngine(TiedLM(), "per_sample").backward(idx, idx)
+
+
+def test_hugging_face_models_from_a_config_pass_the_consistency_suite(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from trainlab.recipes.dp_consistency import run_suite
+
+    # float32: Hugging Face's LlamaRMSNorm normalises in float32 even inside a float64 model
+    root = run_suite(["hf-gpt2", "hf-llama"], ["no_dp", "per_sample", "ghost", "bk", "fused"], steps=2, batch=4,
+                     seq=12, dtype="float32", output_root=str(tmp_path), quiet=True)
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["passed"] and {r["model"] for r in summary["rows"]} == {"hf-gpt2", "hf-llama"}
+
+
+def test_a_layer_input_shared_across_samples_is_refused():
+    class SharedPositions(nn.Module):  # position ids without a batch dimension: one output row for all samples
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos, self.head = nn.Embedding(10, 4), nn.Embedding(8, 4), nn.Linear(4, 10)
+
+        def forward(self, idx):
+            return self.head(self.tok(idx) + self.pos(torch.arange(idx.shape[1])))
+
+    idx = torch.randint(0, 10, (3, 5))
+    with pytest.raises(UserError, match="module 'pos' produced an output for 5 sample"):
+        DPEngine(SharedPositions(), "bk").backward(idx, idx)

@@ -192,6 +192,11 @@ class DPEngine:
             grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
                                         allow_unused=True)
         layer_sq = {}
+        for name, record in records.items():
+            if record.output.shape[0] != len(losses):
+                raise UserError(f"DP mode {self.mode!r}: module {name!r} produced an output for {record.output.shape[0]} "
+                                f"sample(s) in a batch of {len(losses)}: its input is shared across samples (e.g. "
+                                "position ids without a batch dimension); give it one row per sample")
         for (name, record), g in zip(records.items(), grads):
             if record.grad is None:  # a hooked layer's G, or zeros for a layer the loss does not reach
                 record.grad = g if g is not None and g.shape == record.output.shape else torch.zeros_like(record.output)

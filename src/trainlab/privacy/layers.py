@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SUPPORTED = "Linear, Embedding, LayerNorm, RMSNorm, Conv1d, Conv2d"
+SUPPORTED = "Linear, Embedding, LayerNorm, RMSNorm, Conv1d, Conv2d (and Hugging Face's Conv1D, *RMSNorm)"
 
 
 def norm_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,7 +35,14 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def is_rms_norm(module: nn.Module) -> bool:
-    return type(module).__name__ == "RMSNorm" and isinstance(getattr(module, "weight", None), nn.Parameter)
+    """torch's, trainlab's and Hugging Face's (LlamaRMSNorm, ...) RMS norms: y = x / rms(x) * w."""
+    return (type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), nn.Parameter)
+            and (hasattr(module, "eps") or hasattr(module, "variance_epsilon")))
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's Conv1D (GPT-2): a Linear layer whose weight is stored [in, out]."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
 
 
 def rule_of(module: nn.Module):
@@ -49,6 +56,8 @@ def rule_of(module: nn.Module):
         return RMSNormRule
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return ConvRule
+    if is_hf_conv1d(module):
+        return TransposedLinearRule
     return None
 
 
@@ -149,6 +158,22 @@ class LinearRule:
         out = {"weight": torch.einsum("bto,bti->boi", g, a)}
         if module.bias is not None:
             out["bias"] = g.sum(1)
+        return out
+
+
+class TransposedLinearRule(LinearRule):
+    """y = x W + b with W stored [in, out]: the Linear rule, weights transposed."""
+
+    @classmethod
+    def clipped(cls, module, a, g, c, cache: dict | None = None) -> dict:
+        out = super().clipped(module, a, g, c, cache)
+        out["weight"] = out["weight"].T
+        return out
+
+    @classmethod
+    def per_sample(cls, module, a, g) -> dict:
+        out = super().per_sample(module, a, g)
+        out["weight"] = out["weight"].transpose(1, 2)
         return out
 
 
@@ -261,6 +286,8 @@ class RMSNormRule(_NormRule):
     @staticmethod
     def normalised(module, x):
         dims = tuple(range(-len(module.weight.shape), 0))
+        if hasattr(module, "variance_epsilon"):  # Hugging Face normalises in float32, then casts back
+            x32 = x.to(torch.float32)
+            return (x32 * torch.rsqrt(x32.pow(2).mean(dims, keepdim=True) + module.variance_epsilon)).to(x.dtype)
         eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
         return x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-

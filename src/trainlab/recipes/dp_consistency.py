@@ -98,6 +98,10 @@ def build_problem(name: str, steps: int, batch: int, seq: int, seed: int) -> Pro
         tokens, source = text_tokens(generator)
         return Problem(name, lambda: Llama(cfg), lm_batches(tokens, steps, batch, seq, min(256, cfg.vocab_size),
                                                              generator), source)
+    if name.startswith("hf-"):
+        make = hf_model(name)
+        tokens, source = text_tokens(generator)
+        return Problem(name, make, lm_batches(tokens, steps, batch, seq, 256, generator), source)
     if name == "cnn":
         from ..data.mnist import load_mnist
 
@@ -108,7 +112,41 @@ def build_problem(name: str, steps: int, batch: int, seq: int, seed: int) -> Pro
     raise UserError(f"--model: unknown model {name!r} (allowed: {', '.join(MODEL_NAMES)})")
 
 
-MODEL_NAMES = ("gpt-tiny", "gpt-small", "gpt-256", "gpt2-small", "llama-tiny", "llama-small", "llama-3.2-1b", "cnn")
+MODEL_NAMES = ("gpt-tiny", "gpt-small", "gpt-256", "gpt2-small", "llama-tiny", "llama-small", "llama-3.2-1b", "cnn",
+               "hf-llama", "hf-gpt2")
+
+
+class HuggingFaceLM(nn.Module):
+    """A `transformers` causal LM built from a config, called with one row of position ids per
+    sample (so per-sample rules see each sample's position embeddings) and returning logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, T = tokens.shape
+        positions = torch.arange(T, device=tokens.device).expand(B, T)
+        return self.model(input_ids=tokens, position_ids=positions, use_cache=False).logits
+
+
+def hf_model(name: str):
+    """Small random-init Hugging Face models (needs `pip install 'trainlab[hf]'`); untied heads."""
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(f"--model {name}: needs Hugging Face transformers: pip install 'trainlab[hf]'") from None
+    transformers.logging.set_verbosity_error()
+    if name == "hf-llama":
+        config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                          tie_word_embeddings=False, attn_implementation="eager")
+        return lambda: HuggingFaceLM(transformers.LlamaForCausalLM(config))
+    config = transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                     tie_word_embeddings=False, attn_implementation="eager", bos_token_id=0,
+                                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # modes compare
+    # exactly only without dropout: vmap draws its own masks
+    return lambda: HuggingFaceLM(transformers.GPT2LMHeadModel(config))
 
 
 def linear_norms(model: nn.Module) -> dict:
