@@ -230,6 +230,8 @@ def test_a_study_arm_trains_with_dp_sgd_and_reports_epsilon(tmp_path):
     epsilons = [r["epsilon"] for r in records if r["kind"] == "eval" and r["arm"] == "dp"]
     assert epsilons[0] == 0.0 and epsilons == sorted(epsilons) and epsilons[-1] == dp["epsilon"]
     assert summary["unclipped"]["privacy"]["clipped_fraction_last_step"] == 0.0
+    report = (study / "report.md").read_text()
+    assert "## Privacy" in report and "| dp | ghost | 0.5 |" in report
 
 
 def test_no_clip_no_noise_dp_equals_plain_sgd_on_fixed_batches(tmp_path):

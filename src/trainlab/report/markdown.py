@@ -78,7 +78,7 @@ def build_report(study_dir: str | Path) -> Path:
         lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
-        lines += _sweep(store, summaries) + _divergences(summaries) + _samples(summaries)
+        lines += _sweep(store, summaries) + _privacy(store) + _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
     return atomic_write_text(store.root / "report.md", "\n".join(lines))
@@ -128,6 +128,23 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
 def _data_sources(store: StudyStore) -> str:
     sources = {s.get("data_source") for s in store.summaries()} - {None}
     return "; ".join(sorted(sources)) or "-"
+
+
+def _privacy(store: StudyStore) -> list[str]:
+    """DP-SGD arms: the privacy spent (first trial that has them)."""
+    arms = {a["name"]: a["privacy"] for a in store.spec["arms"] if a.get("privacy")}
+    if not arms:
+        return []
+    for summary in store.summaries():
+        rows = [[name, p["mode"], arms[name]["max_grad_norm"], fmt(p["noise_multiplier"]), fmt(p["sample_rate"]),
+                 fmt(p["epsilon"]), p["delta"], p["accountant"]]
+                for name, p in ((n, summary["arms"][n].get("privacy")) for n in arms if n in summary["arms"]) if p]
+        if rows:
+            return ["## Privacy", "", f"DP-SGD arms of trial {summary['index']}: epsilon spent by the end of training "
+                    "(Opacus accountant; every eval record carries it as training goes).", "",
+                    markdown_table(["arm", "mode", "C", "noise multiplier", "sample rate", "epsilon", "delta",
+                                    "accountant"], rows), ""]
+    return []
 
 
 def _divergences(summaries) -> list[str]:
