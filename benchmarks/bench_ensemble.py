@@ -1,12 +1,14 @@
 """Many-runs ensembles: R runs of the 386-parameter MLP (batch 64, float64, SGD) trained as one
 batched computation, against the plain loop that trains one model at a time with
-torch.optim.SGD on data already in memory, side by side in one run; then the full job.
+torch.optim.SGD on data already in memory, side by side in one run (alternating rounds,
+medians); then the full job.
 
     .venv/bin/python benchmarks/bench_ensemble.py [--runs 1000] [--steps 100] [--full-steps 1111]
 """
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -49,24 +51,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=100, help="steps of the side-by-side subset")
-    parser.add_argument("--loop-runs", type=int, default=100, help="runs the plain loop is timed on (scaled to --runs)")
+    parser.add_argument("--loop-runs", type=int, default=40, help="runs the plain loop is timed on (scaled to --runs)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the two this many times; medians are shown")
     parser.add_argument("--full-steps", type=int, default=1111)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     if args.data_dir:
         os.environ["TRAINLAB_DATA"] = os.path.abspath(args.data_dir)
     spec = spec_for(args.steps)
-    loop = plain_loop(args.loop_runs, args.steps, spec) * args.runs / args.loop_runs
-    started = time.perf_counter()
-    run_ensemble(spec, args.runs, method="vmap", evaluate=False)  # the plain loop does not evaluate either
-    batched = time.perf_counter() - started
+    loops, batches = [], []
+    for _ in range(args.rounds):  # alternating, so a slow spell of a shared machine hits both alike
+        loops.append(plain_loop(args.loop_runs, args.steps, spec) * args.runs / args.loop_runs)
+        started = time.perf_counter()
+        run_ensemble(spec, args.runs, method="vmap", evaluate=False)  # the plain loop does not evaluate either
+        batches.append(time.perf_counter() - started)
+    loop, batched = statistics.median(loops), statistics.median(batches)
     rate = lambda seconds: args.runs * args.steps / seconds  # noqa: E731
     print(f"386-parameter MLP, batch 64, float64, SGD; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| method | runs x steps | seconds | run-steps / s | speed-up |")
     print("|---|---|---|---|---|")
-    print(f"| plain loop, one model at a time (timed on {args.loop_runs} runs, scaled) | {args.runs} x {args.steps} | "
+    print(f"| plain loop, one model at a time (timed on {args.loop_runs} runs, scaled; median of {args.rounds}) | {args.runs} x {args.steps} | "
           f"{loop:.1f} | {rate(loop):,.0f} | 1.0x |")
-    print(f"| trainlab batched (vmap) | {args.runs} x {args.steps} | {batched:.1f} | {rate(batched):,.0f} | "
+    print(f"| trainlab batched (median of {args.rounds}) | {args.runs} x {args.steps} | {batched:.1f} | {rate(batched):,.0f} | "
           f"{loop / batched:.1f}x |", flush=True)
     started = time.perf_counter()
     run_ensemble(spec_for(args.full_steps), args.runs, method="vmap", evaluate=False)

@@ -36,7 +36,7 @@ BENCHMARKS = [
     ("Hessian eigenvalues (issue 5)", "bench_hessian.py", ["--power-budget", "1500"], None,
      "Top-5 eigenvalues of a 784-64-10 MLP to 1e-6 relative accuracy in at most 40 Hessian-vector products "
      "(power iteration: 500-2,600); one HVP at most 2x one gradient."),
-    ("Many-run ensembles (issue 5)", "bench_ensemble.py", ["--loop-runs", "50"], None,
+    ("Many-run ensembles (issue 5)", "bench_ensemble.py", [], None,
      "1000 runs x 1111 steps of the 386-parameter MLP: at least 30x the run-steps per second of the plain "
      "one-model-at-a-time loop, and the full job in under 60 s."),
     ("Executors (issue 6)", "bench_executors.py", [], None,

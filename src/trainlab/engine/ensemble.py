@@ -230,11 +230,13 @@ def mlp_grad_and_loss(layers: list[str], params: dict, x: torch.Tensor, y: torch
             pre.append(z)
             gates.append(gate)
             inputs.append(z * gate)
-    logits = z
-    logits -= logits.logsumexp(dim=2, keepdim=True)  # log-probabilities, in place
+    # softmax and log-softmax from one exp: shifted = z - max, p = e / sum e, log p = shifted - log sum e
+    shifted = z.sub_(z.amax(dim=2, keepdim=True))
+    dz = shifted.exp()
+    total = dz.sum(dim=2, keepdim=True)
     target = y.unsqueeze(2)
-    loss = logits.gather(2, target).squeeze(2).mean(dim=1).neg_()
-    dz = logits.exp_()  # probabilities
+    loss = (total.log().squeeze(2) - shifted.gather(2, target).squeeze(2)).mean(dim=1)
+    dz /= total  # probabilities
     dz.scatter_add_(2, target, torch.full(target.shape, -1.0, dtype=dz.dtype, device=dz.device))
     dz /= y.shape[1]
     grads = {}
