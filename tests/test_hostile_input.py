@@ -6,6 +6,7 @@ that records the call: what is under test is everything before it (parsing, vali
 sweep expansion, the preflight that builds every trial, the study directory).
 """
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -102,7 +103,8 @@ def test_malformed_specs_end_in_one_line_and_exit_2(tmp_path_factory, capsys, no
         path = folder / "spec.yaml"
         path.write_text(yaml.safe_dump(spec, allow_unicode=True))
     capsys.readouterr()
-    code = main(["run", str(path), "--quiet"])
+    with contextlib.chdir(folder):  # a relative output.root ("~", "{index}") lands in the example's folder
+        code = main(["run", str(path), "--quiet"])
     check_outcome(code, capsys.readouterr().err, root)
 
 
@@ -113,7 +115,8 @@ def test_arbitrary_bytes_as_a_spec_file(tmp_path_factory, capsys, no_training, b
     path = folder / f"spec{suffix}"
     path.write_bytes(blob)
     capsys.readouterr()
-    code = main(["validate", str(path)])
+    with contextlib.chdir(folder):
+        code = main(["validate", str(path)])
     check_outcome(code, capsys.readouterr().err, folder / "runs")
 
 
@@ -172,7 +175,8 @@ def test_hostile_flags_end_in_one_line_and_exit_2(tmp_path_factory, capsys, noth
     argv.append("--quiet") if command not in ("monitor", "dynamics") else None
     capsys.readouterr()
     try:
-        code = main(argv)
+        with contextlib.chdir(folder):  # relative paths among the hostile values stay in the example's folder
+            code = main(argv)
     except SystemExit as stop:  # argparse's own --help / stub reached: both fine, neither a traceback
         code = 0 if str(stop) == "stub reached" or stop.code == 0 else stop.code
     check_outcome(code, capsys.readouterr().err, folder / "runs")
