@@ -36,3 +36,30 @@ def small_spec(**changes) -> dict:
     for path, value in changes.items():
         set_path(spec, path.replace("__", "."), value)
     return spec
+
+
+def strip_times(records: list[dict]) -> list[dict]:
+    """Metric records without wall-clock times: what must be equal between two runs."""
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+
+def run_spec_until_killed(spec: dict, folder: Path, ready) -> None:
+    """Run `trainlab run` on `spec` in a subprocess and SIGKILL it once `ready()` holds
+    (within 120 s; the test fails if the run ends first)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "run", str(path), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

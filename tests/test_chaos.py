@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import small_spec
+from conftest import small_spec, strip_times
 from trainlab.study import read_jsonl, resume_study, run_study
 
 KILLS = int(os.environ.get("TRAINLAB_CHAOS_KILLS", "6"))
@@ -27,10 +27,6 @@ def chaos_spec(root: Path) -> dict:
     spec = small_spec(sweep={"repeats": 4}, plan__steps=120, plan__eval_every=20)
     spec["output"] = {"root": str(root)}
     return spec
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
 
 
 def written(study: Path | None) -> int:

@@ -1,16 +1,10 @@
 """Optuna sweeps: proposals are reproducible, persisted, and a killed search resumes."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-import yaml
 
-from conftest import small_spec
+from conftest import run_spec_until_killed, small_spec
 from trainlab.errors import SpecError
 from trainlab.spec import load_spec
 from trainlab.study import resume_study, run_study
@@ -49,18 +43,8 @@ def test_an_optuna_search_runs_its_trials_and_keeps_its_storage(tmp_path):
 
 def test_a_killed_search_resumes_without_repeating_a_finished_trial(tmp_path):
     spec = search_spec(tmp_path / "runs", plan__steps=150, plan__eval_every=50)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "run", str(path), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill inside the second batch: trial 2 finished, trial 3 running
-        if list((tmp_path / "runs").glob("*/trials/trial_0002/summary.json")):
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # kill inside the second batch: trial 2 finished, trial 3 running
+    run_spec_until_killed(spec, tmp_path, lambda: bool(list((tmp_path / "runs").glob("*/trials/trial_0002/summary.json"))))
     (root,) = (tmp_path / "runs").iterdir()
     finished = {p: p.stat().st_mtime_ns for p in root.glob("trials/*/summary.json")}
     assert 3 <= len(finished) < 6

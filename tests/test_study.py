@@ -1,32 +1,22 @@
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import small_spec
+from conftest import run_spec_until_killed, small_spec, strip_times
 from trainlab import load, load_summaries, resume_study, run_study
 from trainlab.errors import SpecError, UserError
 from trainlab.engine import Trial, load_weights
 from trainlab.spec import load_spec
-from trainlab.study import StudyStore, read_jsonl
+from trainlab.study import read_jsonl
 
 
 def study(tmp_path, **changes):
     spec = small_spec(**changes)
     spec["output"] = {"root": str(tmp_path / "runs")}
     return run_study(load_spec(spec), quiet=True)
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
 
 
 def test_study_directory_layout_and_load(tmp_path):
@@ -90,20 +80,13 @@ def test_resume_refuses_a_study_whose_spec_was_changed(tmp_path):
 def test_sigkill_mid_study_then_resume_gives_every_trial_exactly_once(tmp_path):
     spec = small_spec(sweep={"repeats": 4}, plan__steps=150, plan__eval_every=25)
     spec["output"] = {"root": str(tmp_path / "runs")}
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "run", str(spec_path), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once the first trial is done and the second is running
+
+    def second_trial_running() -> bool:  # kill once the first trial is done and the second is running
         done = list((tmp_path / "runs").glob("*/trials/trial_0000/summary.json"))
         running = list((tmp_path / "runs").glob("*/trials/trial_0001/metrics.jsonl"))
-        if done and running and running[0].stat().st_size > 0:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+        return bool(done and running and running[0].stat().st_size > 0)
+
+    run_spec_until_killed(spec, tmp_path, second_trial_running)
     (root,) = (tmp_path / "runs").iterdir()
     assert not (root / "trials" / "trial_0003" / "summary.json").exists()
     resume_study(root, quiet=True)
