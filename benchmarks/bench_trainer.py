@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    print(f"| dtype | hidden | plain loop (us/arm-step) | trainlab (us/arm-step) | ratio trainlab/plain |")
+    print("| dtype | hidden | plain loop (us/arm-step) | trainlab (us/arm-step) | ratio trainlab/plain |")
     print("|---|---|---|---|---|")
     for dtype, hidden in [("float32", 8), ("float64", 8), ("float32", 128)]:
         spec = make_spec(args.steps, dtype, hidden)

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from conftest import needs_shakespeare
 from trainlab.cli import main

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from conftest import needs_shakespeare, small_spec

@@ -358,9 +358,12 @@ def cmd_dp_consistency(args) -> int:
 def cmd_dp_profile(args) -> int:
     from pathlib import Path
 
-    from .privacy.profile import OPACUS, figure, markdown, profile
+    import torch
+
     from .privacy import MODES
+    from .privacy.profile import OPACUS, figure, markdown, profile
     from .recipes.dp_consistency import MODEL_NAMES
+    from .study.store import atomic_write_text
 
     for mode in args.modes:
         if mode not in (*MODES, *OPACUS):
@@ -386,11 +389,9 @@ def cmd_dp_profile(args) -> int:
                    quiet=args.quiet)
     figure_path = output.with_suffix(".png")
     figure(rows, figure_path)
-    text = (f"# DP step time and memory\n\ntorch {__import__('torch').__version__}, device {args.device}, "
+    text = (f"# DP step time and memory\n\ntorch {torch.__version__}, device {args.device}, "
             f"{args.dtype}, median of {args.rounds} round-robin steps.\n\n" + markdown(rows)
             + f"\n![profile]({figure_path.name})\n")
-    from .study.store import atomic_write_text
-
     atomic_write_text(output, text)
     print(text)
     return 0

@@ -146,9 +146,12 @@ class DPEngine:
     def _plain(self, inputs, targets, loss_fn):
         output = self.model(inputs)
         losses = loss_fn(output, targets)
-        grads = torch.autograd.grad(losses.sum(), [p for _, p in self.params], allow_unused=True)
-        sums = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, grads)}
-        return StepResult(losses.detach(), None, None, output.detach()), sums
+        return StepResult(losses.detach(), None, None, output.detach()), self._param_grads(losses.sum())
+
+    def _param_grads(self, loss: torch.Tensor) -> dict:
+        """d loss / d parameter for every parameter (zeros for one the loss does not reach)."""
+        grads = torch.autograd.grad(loss, [p for _, p in self.params], allow_unused=True)
+        return {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, grads)}
 
     def _per_sample(self, inputs, targets, loss_fn):
         from torch.func import functional_call, grad_and_value, vmap
@@ -192,12 +195,11 @@ class DPEngine:
             grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
                                         allow_unused=True)
         layer_sq = {}
-        for name, record in records.items():
+        for (name, record), g in zip(records.items(), grads):
             if record.output.shape[0] != len(losses):
                 raise UserError(f"DP mode {self.mode!r}: module {name!r} produced an output for {record.output.shape[0]} "
                                 f"sample(s) in a batch of {len(losses)}: its input is shared across samples (e.g. "
                                 "position ids without a batch dimension); give it one row per sample")
-        for (name, record), g in zip(records.items(), grads):
             if record.grad is None:  # a hooked layer's G, or zeros for a layer the loss does not reach
                 record.grad = g if g is not None and g.shape == record.output.shape else torch.zeros_like(record.output)
             if record.norm_sq is None:
@@ -208,9 +210,7 @@ class DPEngine:
             layer_sq[name] = sum(record.norm_sq.values())
         norms, factors = self.factors(layer_sq)
         if second:  # ghost: the clipped sum by backpropagating sum_i c_i loss_i
-            weighted = torch.autograd.grad((losses * factors.to(losses.dtype)).sum(), [p for _, p in self.params],
-                                           allow_unused=True)
-            sums = {n: g if g is not None else torch.zeros_like(p) for (n, p), g in zip(self.params, weighted)}
+            sums = self._param_grads((losses * factors.to(losses.dtype)).sum())
         else:
             sums = {}
             for i, (name, record) in enumerate(records.items()):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.sweep import analyse, sweep_frame
+from ..analysis.sweep import sweep_frame
 from ..analysis.tables import load_summaries
 from ..errors import UserError
 from ..report.markdown import build_report
@@ -47,8 +47,6 @@ def build_ablation_report(study_dir) -> Path:
     from ..report.plotting import pyplot
 
     plt = pyplot()
-    from scipy import stats
-
     report = build_report(study_dir)
     store = StudyStore.open(study_dir)
     frame, fields = sweep_frame(load_summaries(store.root), store.meta["trials"])

@@ -22,7 +22,6 @@ the first and last step), summary.json and summary.md (every mode, every quantit
 """
 
 import datetime as dt
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..privacy import MODES, DPEngine, per_sample_loss
+from ..privacy.engine import as_dtype
 from ..study.store import atomic_write_json, atomic_write_text
 
 IGNORE = -100
@@ -164,7 +164,7 @@ def run_mode(problem: Problem, mode: str, init: dict, dtype, C: float, sigma: fl
     log = {"mode": mode, "loss": [], "grad_norm": [], "per_sample_norms": [], "step_time_s": []}
     gradients = []
     for step, (x, y) in enumerate(problem.batches):
-        x = x.to(dtype) if x.is_floating_point() else x
+        x = as_dtype(x, dtype)
         started = time.perf_counter()
         result = engine.backward(x, y, per_sample_loss)
         log["step_time_s"].append(time.perf_counter() - started)
@@ -187,8 +187,7 @@ def median_norm(problem: Problem, init: dict, dtype) -> float:
     model = problem.make().to(dtype)
     model.load_state_dict(init)
     x, y = problem.batches[0]
-    x = x.to(dtype) if x.is_floating_point() else x
-    return float(DPEngine(model, "per_sample").backward(x, y, per_sample_loss).norms.median())
+    return float(DPEngine(model, "per_sample").backward(as_dtype(x, dtype), y, per_sample_loss).norms.median())
 
 
 def relative(a, b) -> np.ndarray:

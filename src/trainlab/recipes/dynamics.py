@@ -15,7 +15,6 @@ Every stage uses the setup's task, data, sampler, dtype and device.
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Literal

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis.recovery import METRICS, aggregate, early_vs_late, head_to_head, recovery_metrics
+from ..analysis.recovery import aggregate, early_vs_late, head_to_head, recovery_metrics
 from ..data.paths import find_data_file
 from ..engine import MemorySink, Trial
 from ..errors import UserError

@@ -123,6 +123,8 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
     for plan in pending.values():
         if store.finished(plan):  # it finished before the pool noticed the death
             on_done(plan)
+            if bar is not None:
+                bar.update(1)
             continue
         attempts[plan.index] += 1
         if attempts[plan.index] >= ATTEMPTS:

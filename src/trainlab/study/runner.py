@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import math
 import sys
 from pathlib import Path
 
@@ -93,7 +94,12 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
 def first_proposal(spec: dict) -> list[TrialPlan]:
     """An adaptive search has no trials yet: check the spec with the low end of its search space."""
     params = spec["sweep"]["optuna"]["params"] if spec["sweep"].get("optuna") else {}
-    return plans_for(spec, [{path: p["values"][0] if p["values"] else p["low"] for path, p in params.items()}])[:1]
+    def low_end(p: dict):
+        if p["values"]:
+            return p["values"][0]
+        return math.ceil(p["low"]) if p["integer"] else p["low"]  # as Optuna's IntDistribution starts
+
+    return plans_for(spec, [{path: low_end(p) for path, p in params.items()}])[:1]
 
 
 def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, executor: ExecutorOptions | None = None) -> Path:
