@@ -217,3 +217,34 @@ def test_a_full_disk_ends_cleanly_and_the_study_resumes(tmp_path, monkeypatch, c
     for i in range(4):
         name = f"trials/trial_{i:04d}/metrics.jsonl"
         assert strip_times(read_jsonl(study / name)) == strip_times(read_jsonl(reference / name))
+
+
+def test_a_study_runs_in_one_process_at_a_time(tmp_path):
+    """A second `resume` while the study trains is refused (exit 2, one line, nothing touched);
+    once the first process dies, even by SIGKILL, the study is free again."""
+    spec = chaos_spec(tmp_path / "runs")
+    spec["plan"]["steps"] = 4000
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    first = subprocess.Popen([sys.executable, "-m", "trainlab", "run", str(spec_path), "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not started(tmp_path / "runs") and time.time() < deadline:
+            assert first.poll() is None, first.stderr.read().decode()
+            time.sleep(0.02)
+        (study,) = (tmp_path / "runs").iterdir()
+        before = sorted(p.name for p in study.rglob("*"))
+        second = subprocess.run([sys.executable, "-m", "trainlab", "resume", str(study), "--quiet"],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1 and f"pid {first.pid}" in second.stderr
+        assert "being run by another process" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None and sorted(p.name for p in study.rglob("*")) == before
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    from trainlab.study import StudyStore
+
+    with StudyStore.open(study).lock():  # the killed holder left no lock behind
+        assert (study / ".lock").read_text().strip() == str(os.getpid())

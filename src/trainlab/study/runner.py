@@ -83,7 +83,7 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
     store = StudyStore.create(spec, plans)
-    with space_errors(store):
+    with space_errors(store), store.lock():
         if on_create is not None:
             on_create(store, plans)
         execute(store, plans, quiet, executor)
@@ -110,7 +110,7 @@ def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, execut
     if not store.spec["sweep"].get("optuna") and stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    with space_errors(store):
+    with space_errors(store), store.lock():
         execute(store, plans, quiet, executor or ExecutorOptions(workers=workers))
         finish(store, quiet)
     return store.root

@@ -13,7 +13,9 @@ Writes that must never be seen half-done (JSON summaries, study.json) go to a te
 file in the same directory, are fsynced, then renamed over the target.
 """
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -153,6 +155,26 @@ class StudyStore:
         except (ValueError, OSError) as exc:
             raise UserError(f"{str(root / 'study.json')!r} cannot be read: {exc}") from None
         return cls(root, meta)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the study for one process: a second `run`/`resume` of the same study while this one
+        trains would train trials twice and race on their files. flock is released by the OS when
+        the holder dies, even by SIGKILL, so a killed study never stays locked."""
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise UserError(f"{str(self.root)!r} is being run by another process (pid {holder}); wait for "
+                                "it to end or stop it, then `trainlab resume` this study") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def trial_dir(self, index: int) -> Path:
         return self.root / self.spec["output"]["trial_dir"].format(index=index)
