@@ -165,6 +165,68 @@ def test_two_process_data_parallel_gives_the_single_process_update(tmp_path, mod
             torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12, msg=f"rank {rank}: {name}")
 
 
+FSDP_MODES = ["no_dp", "bk", "ghost", "flash", "fused"]
+
+
+def _fsdp_rank(rank: int, world: int, folder: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        out = {}
+        for mode in FSDP_MODES:
+            model, x, y = cases()["embedding"]
+            model.double()
+            for layer in (model.tok, model.pos, model.norm, model.head):
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+            engine = DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11)
+            assert engine.distributed  # turned on by the sharded parameters
+            engine.backward(x[share], y[share])
+            for name, p in model.named_parameters():
+                assert tuple(p.grad.to_local().shape) == tuple(p.to_local().shape)  # each rank keeps its shard
+                out[f"{mode}/{name}"] = p.grad.full_tensor()
+        torch.save(out, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_model_gets_the_single_process_update(tmp_path):
+    """Two CPU processes (gloo), the model sharded with fully_shard: every mode's update, gathered
+    from the shards, equals one process's on all the samples."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
+    for mode in FSDP_MODES:
+        model, x, y = cases()["embedding"]
+        model.double()
+        DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11).backward(x, y)
+        for rank in range(2):
+            grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+            for name, p in model.named_parameters():
+                torch.testing.assert_close(grads[f"{mode}/{name}"], p.grad, rtol=1e-10, atol=1e-12,
+                                           msg=f"{mode}, rank {rank}: {name}")
+
+
+def test_per_sample_mode_refuses_a_sharded_model(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        model = nn.Linear(3, 2)
+        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(UserError, match="per_sample cannot run on an FSDP-sharded model"):
+            DPEngine(model, "per_sample")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_epsilon_is_the_accountant_librarys_own_answer():
     pytest.importorskip("opacus")
     from opacus.accountants import PRVAccountant, RDPAccountant

@@ -27,6 +27,13 @@ Per-layer clipping gives each of the L layers the threshold C / sqrt(L), so the 
 sensitivity stays C. With `distributed=True` each rank clips its own samples, the clipped
 sums are all-reduced, and every rank then adds the same noise (same seed): noise is added
 once and no per-sample quantity crosses ranks.
+
+A model sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`) works the same way and
+turns `distributed` on by itself: the hooks see each layer's full weight while it runs, the
+clipped sums and the noise are formed as for DDP, and each rank keeps its own shard of
+them as the parameters' gradients. Under FSDP2 autograd cannot reach the sharded
+parameters, so `no_dp` and `ghost` form their sums from the layers' inputs and output
+gradients (as `bk` does) and `per_sample` is refused.
 """
 
 import warnings
@@ -103,7 +110,13 @@ class DPEngine:
         self.checked = False  # the first hooked step checks that every parameter is used once
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.layers = owning_layers(model)
-        if mode in HOOK_MODES:
+        self.sharded = any(is_sharded(p) for _, p in self.params)
+        if self.sharded:
+            if mode == "per_sample":
+                raise UserError("mode per_sample cannot run on an FSDP-sharded model (torch.func needs whole "
+                                "parameters); use bk, flash, fused, ghost or no_dp")
+            self.distributed = True  # sharded parameters imply ranks with their own samples
+        if mode in HOOK_MODES or self.sharded:
             check_supported(model, mode)
         device = self.params[0][1].device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -117,7 +130,7 @@ class DPEngine:
         if len(targets) == 0:  # an empty Poisson batch: the update is noise alone
             result = StepResult(torch.zeros(0), None, None)
             sums = {n: torch.zeros_like(p) for n, p in self.params}
-        elif self.mode == "no_dp":
+        elif self.mode == "no_dp" and not self.sharded:
             result, sums = self._plain(inputs, targets, loss_fn)
         elif self.mode == "per_sample":
             result, sums = self._per_sample(inputs, targets, loss_fn)
@@ -134,7 +147,7 @@ class DPEngine:
             if noise is not None:  # in place: the sums are ours (fresh tensors, or views of the all-reduced buffer)
                 grad = grad.add_(noise[offset:offset + grad.numel()].view_as(grad), alpha=self.sigma * self.C)
                 offset += grad.numel()
-            p.grad = grad.div_(batch).to(p.dtype)
+            p.grad = shard_like(p, grad.div_(batch).to(p.dtype))
         return result
 
     def _noise(self, sums: dict) -> torch.Tensor:
@@ -183,7 +196,7 @@ class DPEngine:
 
     def _hooked(self, inputs, targets, loss_fn):
         records = {}
-        second = self.mode == "ghost" and self.clipping == "flat"
+        second = self.mode == "ghost" and self.clipping == "flat" and not self.sharded
         budget = Budget(None if second else self.cache_elements)
         with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile,
                      budget=budget):
@@ -209,6 +222,8 @@ class DPEngine:
                     budget)
             layer_sq[name] = sum(record.norm_sq.values())
         norms, factors = self.factors(layer_sq)
+        if self.mode == "no_dp":  # (sharded) the plain sum: every factor 1
+            factors = torch.ones_like(factors)
         if second:  # ghost: the clipped sum by backpropagating sum_i c_i loss_i
             sums = self._param_grads((losses * factors.to(losses.dtype)).sum())
         else:
@@ -249,6 +264,22 @@ class DPEngine:
         count = torch.tensor([local], dtype=torch.long)
         dist.all_reduce(count)
         return int(count.item())
+
+
+def is_sharded(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
+
+
+def shard_like(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """`full` (identical on every rank) as a gradient for `p`: itself, or for an FSDP2
+    parameter this rank's shard of it, placed as the parameter is (no communication)."""
+    if not is_sharded(p):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
 
 
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -19,7 +19,7 @@ sum_i c_i grad_i, without ever materialising a per-sample gradient unless asked 
     direct  instantiate grad_i for the norm only, form the clipped sum from A and G again
     gram    ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T>: [B, T, T]; cheap when T is short
     tiled   the Gram form in T-tiles of `tile` positions: memory [B, tile, tile], any T
-    auto    the cheaper of direct and gram (by multiply-adds)
+    auto    the cheaper of direct and gram (by multiply-adds and memory traffic)
 """
 
 import torch
@@ -95,7 +95,7 @@ class Budget:
 
 
 def choose(method: str, B: int, T: int, n_in: int, n_out: int, budget: Budget | None) -> str:
-    """'auto': the cheaper of the Gram form and direct instantiation, by multiply-adds.
+    """'auto': the cheaper of the Gram form and direct instantiation.
     'cached' keeps per-sample gradients while the budget lasts (then falls back to auto): it
     saves the clipped-sum matmul, but a batch of small matmuls and B x parameters of memory
     traffic cost more than that on a CPU (benchmarks/bench_dp.py)."""
@@ -103,7 +103,12 @@ def choose(method: str, B: int, T: int, n_in: int, n_out: int, budget: Budget | 
         return "cached"
     if method not in ("auto", "cached"):
         return method
-    return "gram" if T * (n_in + n_out) < n_in * n_out else "direct"
+    # multiply-adds per sample, plus the per-sample gradient that direct writes and reads back
+    # (about 32 multiply-adds' worth per element, measured on CPU: at equal multiply-adds the
+    # Gram form takes half the time of direct for a 256 x 1024 layer at T 128)
+    direct = n_in * n_out * (T + 32)
+    gram = T * T * (n_in + n_out)
+    return "gram" if gram <= direct else "direct"
 
 
 class LinearRule:
