@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from trainlab.privacy.profile import markdown, profile
+from trainlab.privacy.profile import breakdown, markdown, profile
 
 MODES = ["no_dp", "bk", "flash", "fused", "ghost", "per_sample", "opacus_hooks", "opacus_ghost"]
 
@@ -40,6 +40,24 @@ def main() -> None:
         memory = f", {best['memory_ratio']:.2f}x memory" if best.get("memory_ratio") else ""
         print(f"fastest trainlab mode: {best['mode']} at {best['time_ratio']:.2f}x the non-private step{memory} "
               f"(goal: at most {goal})")
+    print_breakdown(dict(model=shape["models"][0], batch=shape["batches"][0], seq=shape["seqs"][0], device=args.device,
+                         dtype="float32"), args.rounds)
+
+
+def print_breakdown(shape: dict, rounds: int) -> None:
+    """Where bk's time goes: its pieces beside a non-private forward and backward."""
+    parts = breakdown(shape, rounds)
+    step = parts["forward"] + parts["backward, all gradients (non-private)"]
+    print(f"\nwhere the time of a bk step goes ({shape['model']}, batch {shape['batch']}, seq {shape['seq']}; "
+          f"medians of {rounds}):\n")
+    print("| piece | ms | share of a non-private forward + backward |")
+    print("|---|---|---|")
+    for name, ms in parts.items():
+        print(f"| {name} | {ms:.1f} | {ms / step:.0%} |")
+    extra = (parts["backward to the layer outputs (bk)"] + parts["per-sample norms"] + parts["clipped sums"]
+             + parts["noise"] - parts["backward, all gradients (non-private)"])
+    print(f"\nbk's extra work: {extra:.1f} ms = {extra / step:.0%} of the non-private forward + backward "
+          "(the norms, the noise, and the clipped sums beyond the weight gradients they replace)")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,50 @@ def opacus_step(mode: str, model, optimizer, job: dict):
     return step
 
 
+def breakdown(shape: dict, rounds: int = 10) -> dict:
+    """Median milliseconds of each piece of a `bk` step next to a non-private step's forward and
+    backward, on one batch: where the extra time of DP-SGD goes."""
+    from .engine import Budget, DPEngine, capture, per_sample_loss
+    from .layers import norm_dtype
+
+    model, batches, _ = setup(shape, BASELINE)
+    x, y = batches[0]
+    device = torch.device(shape["device"])
+    engine = DPEngine(model, "bk", max_grad_norm=1.0, noise_multiplier=1.0, seed=0)
+    params = [p for _, p in engine.params]
+    times: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        synchronize(device)
+        started = time.perf_counter()
+        out = fn()
+        synchronize(device)
+        times.setdefault(name, []).append(1000 * (time.perf_counter() - started))
+        return out
+
+    for r in range(rounds + 1):  # the first round warms up
+        loss = timed("forward", lambda: per_sample_loss(model(x), y).sum())
+        timed("backward, all gradients (non-private)", lambda: torch.autograd.grad(loss, params))
+        records = {}
+        with capture(model, records, fused=False, method="auto", tile=256, budget=Budget(None)):
+            loss = per_sample_loss(model(x), y).sum()
+            grads = timed("backward to the layer outputs (bk)", lambda: torch.autograd.grad(
+                loss, [rec.target for rec in records.values()]))
+
+        def norms():
+            for rec, g in zip(records.values(), grads):
+                rec.grad = g.to(norm_dtype(g.dtype))
+                rec.norm_sq, rec.cache = rec.rule.norms_sq(rec.module, rec.inputs, rec.grad, "auto", 256)
+        timed("per-sample norms", norms)
+        c = torch.rand(len(y), device=device)
+        timed("clipped sums", lambda: [rec.rule.clipped(rec.module, rec.inputs, rec.grad, c, rec.cache)
+                                       for rec in records.values()])
+        timed("noise", lambda: engine._noise({n: p for n, p in engine.params}))
+        if r == 0:
+            times.clear()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
