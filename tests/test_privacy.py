@@ -184,9 +184,10 @@ def _fsdp_rank(rank: int, world: int, folder: str) -> None:
                 fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
             share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-            engine = DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11)
+            engine = DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11, expected_batch_size=6)
             assert engine.distributed  # turned on by the sharded parameters
             engine.backward(x[share], y[share])
+            engine.backward(x[:0], y[:0])  # an empty (Poisson) batch: noise alone, also sharded
             for name, p in model.named_parameters():
                 assert tuple(p.grad.to_local().shape) == tuple(p.to_local().shape)  # each rank keeps its shard
                 out[f"{mode}/{name}"] = p.grad.full_tensor()
@@ -204,12 +205,22 @@ def test_fsdp2_sharded_model_gets_the_single_process_update(tmp_path):
     for mode in FSDP_MODES:
         model, x, y = cases()["embedding"]
         model.double()
-        DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11).backward(x, y)
+        engine = DPEngine(model, mode, max_grad_norm=0.05, noise_multiplier=0.5, seed=11, expected_batch_size=6)
+        engine.backward(x, y)
+        engine.backward(x[:0], y[:0])
         for rank in range(2):
             grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
             for name, p in model.named_parameters():
                 torch.testing.assert_close(grads[f"{mode}/{name}"], p.grad, rtol=1e-10, atol=1e-12,
                                            msg=f"{mode}, rank {rank}: {name}")
+
+
+def test_an_empty_batch_needs_an_expected_batch_size():
+    model, x, y = cases()["linear-2d"]
+    with pytest.raises(UserError, match="empty batch: give expected_batch_size"):
+        DPEngine(model, "bk", noise_multiplier=1.0).backward(x[:0], y[:0])
+    DPEngine(model, "bk", noise_multiplier=1.0, expected_batch_size=4).backward(x[:0], y[:0])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_per_sample_mode_refuses_a_sharded_model(tmp_path):

@@ -129,7 +129,7 @@ class DPEngine:
             p.grad = None
         if len(targets) == 0:  # an empty Poisson batch: the update is noise alone
             result = StepResult(torch.zeros(0), None, None)
-            sums = {n: torch.zeros_like(p) for n, p in self.params}
+            sums = {n: torch.zeros(p.shape, dtype=p.dtype, device=p.device) for n, p in self.params}  # full size
         elif self.mode == "no_dp" and not self.sharded:
             result, sums = self._plain(inputs, targets, loss_fn)
         elif self.mode == "per_sample":
@@ -140,6 +140,9 @@ class DPEngine:
         if self.distributed:
             batch = self.expected_batch_size or self._global_batch(len(result.losses))
             self._all_reduce(sums)
+        if batch == 0:
+            raise UserError("DP step on an empty batch: give expected_batch_size (with Poisson sampling the "
+                            "expected batch size) so the noise has a divisor")
         noise = self._noise(sums) if self.sigma > 0 else None
         offset = 0
         for name, p in self.params:
@@ -267,8 +270,10 @@ class DPEngine:
 
 
 def is_sharded(p: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch build without distributed support
+        return False
     return isinstance(p, DTensor)
 
 
