@@ -13,6 +13,8 @@ runs. `TRITON_INTERPRET=1` runs the same kernel on CPU tensors (slowly), which i
 tests check it on machines without a GPU.
 """
 
+import os
+
 import torch
 
 try:
@@ -25,11 +27,13 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def available(a: torch.Tensor) -> bool:
-    """Whether the kernel can serve these activations (on this device, in this dtype)."""
-    import os
-
-    on_device = a.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return triton is not None and on_device and a.dtype in KERNEL_DTYPES
+    """Whether the kernel can serve these activations: Triton installed, a GPU with TF32 tensor
+    cores (compute capability 8.0 or later) or Triton's interpreter, a supported dtype."""
+    if triton is None or a.dtype not in KERNEL_DTYPES:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return a.is_cuda and torch.cuda.get_device_capability(a.device) >= (8, 0)
 
 
 if triton is not None:
@@ -38,7 +42,7 @@ if triton is not None:
                            stride_ab, stride_at, stride_ai, stride_gb, stride_gt, stride_go,
                            BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
                            PRECISION: tl.constexpr):
-        sample = tl.program_id(0)
+        sample = tl.program_id(0).to(tl.int64)  # sample * stride passes 2^31 elements on large batches
         block_o = tl.program_id(1)
         block_i = tl.program_id(2)
         offs_o = block_o * BLOCK_O + tl.arange(0, BLOCK_O)
