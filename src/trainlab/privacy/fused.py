@@ -31,27 +31,15 @@ class FusedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         record, ctx.record = ctx.record, None  # the record holds our output: break the cycle
         record.grad = grad_out
-        dtype = norm_dtype(grad_out.dtype)
         if ctx.method == "auto" and kernels.available(x) and x.dtype == grad_out.dtype:
-            record.norm_sq, record.cache = kernel_norms_sq(record.module, x, grad_out, dtype)
+            a, g, method = x, grad_out, "kernel"  # the kernel reads bf16 / fp16 as they are
         else:
-            record.norm_sq, record.cache = LinearRule.norms_sq(record.module, x.to(dtype), grad_out.to(dtype),
-                                                               ctx.method, ctx.tile, ctx.budget)
+            dtype = norm_dtype(grad_out.dtype)
+            a, g, method = x.to(dtype), grad_out.to(dtype), ctx.method
+        record.norm_sq, record.cache = LinearRule.norms_sq(record.module, a, g, method, ctx.tile, ctx.budget)
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
         anchor = torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)
         return grad_x, None, None, anchor, None, None, None, None
-
-
-def kernel_norms_sq(module, x: torch.Tensor, grad_out: torch.Tensor, dtype: torch.dtype) -> tuple[dict, dict | None]:
-    """The Linear rule's norms with the weight's from the Triton kernel (inputs in their own
-    dtype: it accumulates in float32)."""
-    a, g = LinearRule.flatten(module, x, grad_out)
-    out, cache = {"weight": kernels.weight_norm_sq(a, g)}, None
-    if module.bias is not None:
-        bias = g.to(dtype).sum(1)
-        out["bias"] = bias.pow(2).sum(1)
-        cache = {"bias": bias}
-    return out, cache
 
 
 def fused_forward(module, record, method: str, tile: int, budget):

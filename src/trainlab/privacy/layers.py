@@ -19,12 +19,16 @@ sum_i c_i grad_i, without ever materialising a per-sample gradient unless asked 
     direct  instantiate grad_i for the norm only, form the clipped sum from A and G again
     gram    ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T>: [B, T, T]; cheap when T is short
     tiled   the Gram form in T-tiles of `tile` positions: memory [B, tile, tile], any T
+    kernel  the Triton kernel of `kernels.py` (the fused mode on a GPU): no per-sample
+            gradient or Gram matrix in memory; A and G may stay bf16 / fp16
     auto    the cheaper of direct and gram (by multiply-adds and memory traffic)
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import kernels
 
 SUPPORTED = "Linear, Embedding, LayerNorm, RMSNorm, Conv1d, Conv2d (and Hugging Face's Conv1D, *RMSNorm)"
 
@@ -132,10 +136,12 @@ class LinearRule:
             cache = {"weight": weight} if method == "cached" else None
         elif method == "gram":
             out["weight"] = gram_norm_sq(a, g)
+        elif method == "kernel":
+            out["weight"] = kernels.weight_norm_sq(a, g)
         else:
             out["weight"] = tiled_norm_sq(a, g, tile)
         if module.bias is not None:
-            bias = g.sum(1)
+            bias = g.sum(1, dtype=norm_dtype(g.dtype))  # g may be bf16 / fp16 for the kernel
             out["bias"] = bias.pow(2).sum(1)
             cache = {**(cache or {}), "bias": bias}
         return out, cache
