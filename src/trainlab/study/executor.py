@@ -128,12 +128,17 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
             continue
         attempts[plan.index] += 1
         if attempts[plan.index] >= ATTEMPTS:
-            reason = f"its worker process died {attempts[plan.index]} times (killed, or out of memory?)"
-            store.fail_trial(plan, reason, attempts[plan.index])
-            print(f"trial {plan.index} failed: {reason}", file=sys.stderr)
+            fail(store, plan, f"its worker process died {attempts[plan.index]} times (killed, or out of memory?)",
+                 attempts[plan.index])
         else:
             retry.append(plan)
     return retry
+
+
+def fail(store, plan, reason: str, attempts: int) -> None:
+    """Record a trial as failed (failure.json, listed in the report) and say so."""
+    store.fail_trial(plan, reason, attempts)
+    print(f"trial {plan.index} failed: {reason}", file=sys.stderr)
 
 
 def _start_worker(slots, threads: int) -> None:
@@ -190,8 +195,7 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
             plan = pending.pop(done[0])
             result = _ray_result(ray, done[0], plan)
             if "failed" in result:
-                store.fail_trial(plan, result["failed"], RAY_RETRIES + 1)
-                print(f"trial {plan.index} failed: {result['failed']}", file=sys.stderr)
+                fail(store, plan, result["failed"], RAY_RETRIES + 1)
             else:
                 store.adopt_trial(plan, result["files"], result["summary"])
                 on_done(plan)
