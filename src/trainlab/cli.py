@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, check_known
 
 EXIT_USAGE = 2
 
@@ -256,9 +256,7 @@ def parse_range(flag: str, text: str, kind=float) -> tuple:
 
 
 def check_names(flag: str, names: list[str], registry) -> None:
-    for name in names:
-        if name not in registry:
-            raise UserError(f"{flag}: unknown {registry.kind} {name!r} (allowed: {', '.join(registry.names())})")
+    check_known(flag, registry.kind, names, registry.names())
 
 
 def cmd_fault_recovery(args) -> int:
@@ -365,12 +363,8 @@ def cmd_dp_profile(args) -> int:
     from .recipes.dp_consistency import MODEL_NAMES
     from .study.store import atomic_write_text
 
-    for mode in args.modes:
-        if mode not in (*MODES, *OPACUS):
-            raise UserError(f"--modes: unknown mode {mode!r} (allowed: {', '.join((*MODES, *OPACUS))})")
-    for name in args.model:
-        if name not in MODEL_NAMES:
-            raise UserError(f"--model: unknown model {name!r} (allowed: {', '.join(MODEL_NAMES)})")
+    check_known("--modes", "mode", args.modes, (*MODES, *OPACUS))
+    check_known("--model", "model", args.model, MODEL_NAMES)
     if args.dtype not in ("float32", "bfloat16"):
         raise UserError(f"--dtype: must be float32 or bfloat16, got {args.dtype!r}")
     if min(args.batch_size + args.seq_len + [args.rounds]) < 1:

@@ -7,6 +7,13 @@ class UserError(Exception):
     """Bad input: a spec field, a flag, a file. The message names what and what is allowed."""
 
 
+def check_known(flag: str, kind: str, names, allowed) -> None:
+    """Each of `names` must be one of `allowed`; else a UserError naming the flag and the choices."""
+    for name in names:
+        if name not in allowed:
+            raise UserError(f"{flag}: unknown {kind} {name!r} (allowed: {', '.join(allowed)})")
+
+
 class SpecError(UserError):
     """A spec field failed validation; `path` is the dotted field path (e.g. 'arms.0.lr')."""
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, check_known
 from ..privacy import MODES, DPEngine, per_sample_loss
 from ..privacy.engine import as_dtype
 from ..study.store import atomic_write_json, atomic_write_text
@@ -209,9 +209,7 @@ def compare(run: dict, ref: dict, threshold: float, with_norms: bool) -> dict:
 
 
 def check_modes(modes: list[str]) -> list[str]:
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise UserError(f"--modes: unknown mode {bad[0]!r} (allowed: {', '.join(MODES)})")
+    check_known("--modes", "mode", modes, MODES)
     return list(dict.fromkeys(["per_sample", *modes]))  # the reference always runs
 
 
