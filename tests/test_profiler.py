@@ -11,10 +11,16 @@ from trainlab.spec import load_spec
 SETS = ["task.dim=256", "task.hidden=128", "task.samples_per_epoch=24000", "task.n_val=500", "probes=[]"]
 
 
+# Measured peaks of this spec on CPU: about 31, 39 and 49-61 MiB for batches 500-2000 and 300 MiB
+# for 24000. The budget sits 2.5x above the largest fitting size and 2x below the OOM row, so the
+# machine's load cannot move a size across it.
+BUDGET_MIB = 150
+
+
 def test_four_sizes_give_a_table_a_recommendation_and_an_oom_row(tmp_path, capsys):
     out = tmp_path / "profile.md"
     argv = ["profile-batch-size", "reference-3blob", "--batch-sizes", "500", "1000", "2000", "24000",
-            "--epochs", "1", "--memory-budget", "60MB", "--output", str(out), "--quiet"]
+            "--epochs", "1", "--memory-budget", f"{BUDGET_MIB}MB", "--output", str(out), "--quiet"]
     for s in SETS:
         argv += ["--set", s]
     assert main(argv) == 0
@@ -27,7 +33,7 @@ def test_four_sizes_give_a_table_a_recommendation_and_an_oom_row(tmp_path, capsy
     assert [r["batch_size"] for r in rows] == [500, 1000, 2000, 24000]
     ok = [r for r in rows if r["status"] == "ok"]
     assert all(r["samples_per_second"] > 0 and r["seconds_per_epoch"] > 0 and r["final_test_loss"] > 0 for r in ok)
-    assert all(r["peak_memory_bytes"] < 60 * 2**20 for r in ok)
+    assert all(r["peak_memory_bytes"] < BUDGET_MIB * 2**20 for r in ok)
 
 
 def test_python_api_returns_profile_records():
