@@ -70,7 +70,7 @@ def explicit(model, x, y):
     for i in range(len(x)):
         model.zero_grad()
         per_sample_loss(model(x[i:i + 1]), y[i:i + 1]).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     return grads
 
 
@@ -426,3 +426,55 @@ def test_triton_norm_kernel_matches_explicit_norms_and_the_reference_mode():
     done = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")
+
+
+def test_frozen_weights_take_no_part_in_norms_or_updates():
+    """BitFit: frozen weights, trainable biases. Norms and sums cover the biases alone."""
+    model, x, y = cases()["layernorm"]
+    model.double()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    grads = explicit(model, x, y)
+    norms = torch.stack([torch.sqrt(sum(v.pow(2).sum() for v in g.values())) for g in grads])
+    for mode in DP_MODES:
+        for p in model.parameters():
+            p.grad = None
+        result = DPEngine(model, mode, max_grad_norm=float(norms.median())).backward(x, y)
+        torch.testing.assert_close(result.norms, norms, rtol=1e-10, atol=1e-12, msg=mode)
+        assert all((p.grad is None) != p.requires_grad for p in model.parameters()), mode
+
+
+def test_batch_statistics_and_own_forwards_are_refused():
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False), nn.Flatten(), nn.LazyLinear(10))
+    x = torch.randn(4, 3, 5, 5)
+    bn(x)  # materialise the lazy layer
+    for mode in MODES[1:]:
+        with pytest.raises(UserError, match=r"module '1' \(BatchNorm2d\) normalises with batch statistics"):
+            DPEngine(bn, mode).backward(x, torch.arange(4))
+    bn.eval()
+    DPEngine(bn, "bk", max_grad_norm=0.1).backward(x, torch.arange(4))  # running statistics: per sample
+
+    class Scaled(nn.Linear):  # a Linear with a forward of its own: the Linear rule does not describe it
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(UserError, match=r"module '0' \(Scaled\) has parameters but no per-sample rule"):
+        DPEngine(nn.Sequential(Scaled(3, 2)), "bk")
+
+
+def test_a_lookalike_layer_that_computes_something_else_is_refused():
+    """Layers matched by structure (Hugging Face's) are checked against autograd on first use."""
+
+    class OffsetRMSNorm(nn.Module):  # named and shaped like Hugging Face's, but y = x/rms(x) * w + 1
+        def __init__(self, d):
+            super().__init__()
+            self.weight, self.variance_epsilon = nn.Parameter(torch.randn(d)), 1e-6
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) * self.weight ** 2
+
+    OffsetRMSNorm.__module__ = "transformers.models.fake.modeling_fake"
+    model = nn.Sequential(nn.Linear(5, 6), OffsetRMSNorm(6), nn.Linear(6, 10)).double()
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.arange(4)
+    with pytest.raises(UserError, match=r"rule for module '1' \(OffsetRMSNorm\) does not reproduce its gradient"):
+        DPEngine(model, "bk").backward(x, y)

@@ -45,7 +45,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from .layers import SUPPORTED, Budget, norm_dtype, rule_of
+from .checks import check_layout, check_no_mixing, check_rule, check_supported, check_uses
+from .norms import Budget, norm_dtype
+from .fused import fused_forward
+from .rules import rule_of
+from .rules.linear import LinearRule
 
 MODES = ("no_dp", "per_sample", "ghost", "bk", "flash", "fused")
 HOOK_MODES = ("ghost", "bk", "flash", "fused")
@@ -84,8 +88,10 @@ class StepResult:
 class Record:
     module: nn.Module
     rule: type
+    keys: tuple  # the module's trainable parameters: only these take part in norms and sums
     inputs: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    input_fn: object = None  # the autograd node that made the input: where the module's own graph ends
     grad: torch.Tensor | None = None
     target: torch.Tensor | None = None  # what autograd is asked for: the output, or a fused layer's anchor
     norm_sq: dict | None = None  # filled by the fused backward
@@ -107,9 +113,10 @@ class DPEngine:
         self.clipping, self.expected_batch_size, self.distributed = clipping, expected_batch_size, distributed
         self.norm_method = "tiled" if mode == "flash" else norm_method
         self.tile, self.cache_elements = tile, cache_elements
-        self.checked = False  # the first hooked step checks that every parameter is used once
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.layers = owning_layers(model)
+        self.layouts: set = set()  # input shapes whose batch dimension has been established
+        self.verified: set = set()  # modules whose rule has been checked against autograd
         self.sharded = any(is_sharded(p) for _, p in self.params)
         if self.sharded:
             if mode == "per_sample":
@@ -127,6 +134,8 @@ class DPEngine:
         """Set every parameter's .grad to this batch's DP gradient; return losses and norms."""
         for _, p in self.params:
             p.grad = None
+        if self.mode != "no_dp":
+            check_no_mixing(self.model, self.mode)
         if len(targets) == 0:  # an empty Poisson batch: the update is noise alone
             result = StepResult(torch.zeros(0), None, None)
             sums = {n: torch.zeros(p.shape, dtype=p.dtype, device=p.device) for n, p in self.params}  # full size
@@ -136,6 +145,9 @@ class DPEngine:
             result, sums = self._per_sample(inputs, targets, loss_fn)
         else:
             result, sums = self._hooked(inputs, targets, loss_fn)
+        for name, p in self.params:  # a parameter this batch did not reach: zero (full size, also when sharded)
+            if name not in sums:
+                sums[name] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
         batch = self.expected_batch_size or len(result.losses)
         if self.distributed:
             batch = self.expected_batch_size or self._global_batch(len(result.losses))
@@ -204,26 +216,23 @@ class DPEngine:
         with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile,
                      budget=budget):
             output = self.model(inputs)
-            losses = loss_fn(output, targets)
-            if not self.checked:
-                check_single_use(losses, self.params, self.mode)
-                self.checked = True
-            grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second,
-                                        allow_unused=True)
+        losses = loss_fn(output, targets)
+        self._check_exact(inputs, records, losses)
+        verify = [name for name in records if name not in self.verified and not self.sharded]
+        grads = torch.autograd.grad(losses.sum(), [r.target for r in records.values()], retain_graph=second or bool(verify),
+                                    allow_unused=True)
         layer_sq = {}
         for (name, record), g in zip(records.items(), grads):
-            if record.output.shape[0] != len(losses):
-                raise UserError(f"DP mode {self.mode!r}: module {name!r} produced an output for {record.output.shape[0]} "
-                                f"sample(s) in a batch of {len(losses)}: its input is shared across samples (e.g. "
-                                "position ids without a batch dimension); give it one row per sample")
             if record.grad is None:  # a hooked layer's G, or zeros for a layer the loss does not reach
                 record.grad = g if g is not None and g.shape == record.output.shape else torch.zeros_like(record.output)
             if record.norm_sq is None:
                 dtype = norm_dtype(record.grad.dtype)
                 record.norm_sq, record.cache = record.rule.norms_sq(
-                    record.module, as_dtype(record.inputs, dtype), record.grad.to(dtype), self.norm_method, self.tile,
-                    budget)
-            layer_sq[name] = sum(record.norm_sq.values())
+                    record.module, as_dtype(record.inputs, dtype), record.grad.to(dtype), record.keys,
+                    self.norm_method, self.tile, budget)
+            layer_sq[name] = sum(record.norm_sq[key] for key in record.keys)
+        for name in verify:
+            self._verify(name, records[name])
         norms, factors = self.factors(layer_sq)
         if self.mode == "no_dp":  # (sharded) the plain sum: every factor 1
             factors = torch.ones_like(factors)
@@ -233,12 +242,43 @@ class DPEngine:
             sums = {}
             for i, (name, record) in enumerate(records.items()):
                 c = factors if factors.dim() == 1 else factors[:, i]
-                dtype = norm_dtype(record.grad.dtype)
-                for key, value in record.rule.clipped(record.module, as_dtype(record.inputs, dtype),
-                                                      record.grad.to(dtype), c.to(dtype), record.cache).items():
+                for key, value in self._clipped(record, c).items():
                     sums[f"{name}.{key}" if name else key] = value
         records.clear()  # drop activations and graphs now, not at the next garbage collection
         return StepResult(losses.detach(), norms, factors, output.detach()), sums
+
+    def _clipped(self, record: Record, c: torch.Tensor) -> dict:
+        dtype = norm_dtype(record.grad.dtype)
+        return record.rule.clipped(record.module, as_dtype(record.inputs, dtype), record.grad.to(dtype), c.to(dtype),
+                                   record.keys, record.cache)
+
+    def _check_exact(self, inputs, records: dict, losses: torch.Tensor) -> None:
+        """Refuse a step the rules would get wrong (checks.py): every step, every parameter is
+        used once by its own module; each new combination of input shapes has its batch
+        dimension established."""
+        for name, record in records.items():
+            if record.output.shape[0] != len(losses):
+                raise UserError(f"DP mode {self.mode!r}: module {name!r} produced an output for {record.output.shape[0]} "
+                                f"sample(s) in a batch of {len(losses)}: its input is shared across samples (e.g. "
+                                "position ids without a batch dimension) or not batch-first; give it one row per sample")
+        check_uses(losses, records, self.params, self.layers, self.mode)
+        layout = tuple((name, tuple(r.inputs.shape), r.inputs.dtype) for name, r in records.items())
+        if layout not in self.layouts:
+            check_layout(self.model, inputs, records, len(losses), losses.device, self.mode)
+            self.layouts.add(layout)
+
+    def _verify(self, name: str, record: Record) -> None:
+        """Once per module: the rule's gradient sum equals autograd's (checks.check_rule). A fused
+        Linear forms no weight gradient for autograd to compare with; its rule is the Linear's."""
+        if self.mode == "fused" and isinstance(record.module, nn.Linear):
+            self.verified.add(name)
+            return
+        params = [getattr(record.module, key) for key in record.keys]
+        expected = torch.autograd.grad(record.output, params, record.grad, retain_graph=True, allow_unused=True)
+        got = self._clipped(record, torch.ones(len(record.grad), dtype=record.grad.dtype, device=record.grad.device))
+        check_rule(name, record, {k: e if e is not None else torch.zeros_like(p) for k, e, p
+                                  in zip(record.keys, expected, params)}, got, self.mode)
+        self.verified.add(name)
 
     def factors(self, layer_sq: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample norms and clip factors from per-layer squared norms."""
@@ -297,53 +337,10 @@ def owning_layers(model: nn.Module) -> dict[str, str]:
             for n, _ in module.named_parameters(recurse=False)}
 
 
-def check_supported(model: nn.Module, mode: str) -> None:
-    seen = {}
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        rule = rule_of(module)
-        where = f"module {name or '(root)'!r} ({type(module).__name__})"
-        if rule is None:
-            raise UserError(f"DP mode {mode!r}: {where} has parameters but no per-sample rule "
-                            f"(supported: {SUPPORTED}; mode per_sample handles any module)")
-        try:
-            rule.check(module)
-        except ValueError as err:
-            raise UserError(f"DP mode {mode!r}: {where}: {err}") from None
-        for p in own:
-            if id(p) in seen:
-                raise UserError(f"DP mode {mode!r}: a parameter is shared by {seen[id(p)]!r} and {name!r} (tied "
-                                "weights); untie them or use mode per_sample")
-            seen[id(p)] = name
-
-
-def check_single_use(losses: torch.Tensor, params: list, mode: str) -> None:
-    """Each parameter must reach the loss through one use by its own layer: a weight also used
-    elsewhere (an output head multiplying by the embedding matrix) would get a gradient term
-    that no per-sample rule sees. Counted on the autograd graph: edges into each parameter's
-    accumulator."""
-    uses, seen, stack = {}, set(), [losses.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        for child, _ in node.next_functions:
-            if child is not None and hasattr(child, "variable"):
-                uses[id(child.variable)] = uses.get(id(child.variable), 0) + 1
-            stack.append(child)
-    for name, p in params:
-        if uses.get(id(p), 0) > 1:
-            raise UserError(f"DP mode {mode!r}: parameter {name!r} is used {uses[id(p)]} times in the forward pass "
-                            "(tied or reused weights); per-sample rules need one use per layer (mode per_sample "
-                            "handles it)")
-
-
 class capture:
-    """Within the block, supported modules keep their inputs and outputs (and, fused, compute
-    their Linear norms in backward)."""
+    """Within the block, every module with a rule and trainable parameters keeps its input and
+    output on its first call and refuses a second (a fused Linear also computes its norms in
+    backward)."""
 
     def __init__(self, model: nn.Module, records: dict, fused: bool, method: str, tile: int, budget: Budget):
         self.model, self.records, self.fused, self.method, self.tile = model, records, fused, method, tile
@@ -353,26 +350,35 @@ class capture:
     def __enter__(self):
         for name, module in self.model.named_modules():
             rule = rule_of(module)
-            if rule is None or not any(p.requires_grad for p in module.parameters(recurse=False)):
+            keys = tuple(n for n, p in module.named_parameters(recurse=False) if p.requires_grad)
+            if rule is None or not keys:
                 continue
-            if self.fused and isinstance(module, nn.Linear):
-                from .fused import fused_forward
-
-                record = Record(module, rule)
-                self.records[name] = record
-                module.forward = fused_forward(module, record, self.method, self.tile, self.budget)
+            if self.fused and rule is LinearRule:
+                module.forward = fused_forward(module, self._fused_record(name, rule, keys), self.method, self.tile,
+                                               self.budget)
                 self.patched.append(module)
             else:
-                self.handles.append(module.register_forward_hook(self._hook(name, rule)))
+                self.handles.append(module.register_forward_hook(self._hook(name, rule, keys)))
         return self
 
-    def _hook(self, name: str, rule):
+    def _claim(self, name: str, record: Record) -> None:
+        if name in self.records:
+            raise UserError(f"DP: module {name!r} ran twice in one forward pass; per-sample rules need each "
+                            "layer called once (use mode per_sample)")
+        self.records[name] = record
+
+    def _hook(self, name: str, rule, keys: tuple):
         def keep(module, args, output):
-            if name in self.records:
-                raise UserError(f"DP: module {name!r} ran twice in one forward pass; per-sample rules need each "
-                                "layer called once (use mode per_sample)")
-            self.records[name] = Record(module, rule, args[0].detach(), output, target=output)
+            self._claim(name, Record(module, rule, keys, args[0].detach(), output, input_fn=args[0].grad_fn,
+                                     target=output))
         return keep
+
+    def _fused_record(self, name: str, rule, keys: tuple):
+        def new(module, x):
+            record = Record(module, rule, keys, x.detach(), input_fn=x.grad_fn)
+            self._claim(name, record)
+            return record
+        return new
 
     def __exit__(self, *exc):
         for handle in self.handles:

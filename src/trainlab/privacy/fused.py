@@ -16,7 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from . import kernels
-from .layers import LinearRule, norm_dtype
+from .norms import norm_dtype
+from .rules.linear import LinearRule
 
 
 class FusedLinear(torch.autograd.Function):
@@ -36,15 +37,17 @@ class FusedLinear(torch.autograd.Function):
         else:
             dtype = norm_dtype(grad_out.dtype)
             a, g, method = x.to(dtype), grad_out.to(dtype), ctx.method
-        record.norm_sq, record.cache = LinearRule.norms_sq(record.module, a, g, method, ctx.tile, ctx.budget)
+        record.norm_sq, record.cache = LinearRule.norms_sq(record.module, a, g, record.keys, method, ctx.tile,
+                                                           ctx.budget)
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
         anchor = torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)
         return grad_x, None, None, anchor, None, None, None, None
 
 
-def fused_forward(module, record, method: str, tile: int, budget):
+def fused_forward(module, new_record, method: str, tile: int, budget):
+    """A forward for `module` that runs FusedLinear; `new_record(module, x)` registers each call."""
     def forward(x):
-        record.inputs = x.detach()
+        record = new_record(module, x)
         record.target = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         record.output = FusedLinear.apply(x, module.weight, module.bias, record.target, record, method, tile,
                                            budget)

@@ -8,7 +8,7 @@ so the result is deterministic (atomics would add them in whatever order program
 Inputs may be float32, bfloat16 or float16; tiles are multiplied in float32 precision on
 tensor cores (see `precision`) and accumulated in float32, as the engine's norms are float32.
 
-Used on CUDA when Triton is installed; elsewhere the PyTorch path of `layers.LinearRule`
+Used on CUDA when Triton is installed; elsewhere the PyTorch path of `rules.linear.LinearRule`
 runs. `TRITON_INTERPRET=1` runs the same kernel on CPU tensors (slowly), which is how the
 tests check it on machines without a GPU.
 """

@@ -156,7 +156,7 @@ def breakdown(shape: dict, rounds: int = 10) -> dict:
     """Median milliseconds of each piece of a `bk` step next to a non-private step's forward and
     backward, on one batch: where the extra time of DP-SGD goes."""
     from .engine import Budget, DPEngine, capture, per_sample_loss
-    from .layers import norm_dtype
+    from .norms import norm_dtype
 
     model, batches, _ = setup(shape, BASELINE)
     x, y = batches[0]
