@@ -42,6 +42,7 @@ class TaskData:
     extras: dict = field(default_factory=dict)
     sample: object = None  # generated tasks: sample(batch_size, generator) -> (inputs, targets)
     samples_per_epoch: int = 0
+    notes: list = field(default_factory=list)  # substitutions a report must state up front
 
     @property
     def n_train(self) -> int:
@@ -105,8 +106,9 @@ class MnistTask(Task):
     def load(self, opts, seed: int = 0) -> TaskData:
         classes = tuple(opts.classes) if opts.classes else None
         mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize, classes)
+        notes = [f"data: {mnist.source}, not the full MNIST IDX files"] if opts.source == "offline" else []
         return TaskData(mnist.train.images, mnist.train.labels, mnist.test.images, mnist.test.labels,
-                        source=mnist.source)
+                        source=mnist.source, notes=notes)
 
 
 class MnistMLPOptions(MnistOptions):

@@ -124,6 +124,10 @@ class Trial:
         self.step_batch: tuple | None = None
         self.last_probes: dict[str, dict] = {}
         self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
+        self.notes: list[str] = list(self.data.notes)  # substitutions the report states in its first lines
+        for arm in self.arms:
+            for note in (getattr(arm.optimizer, "split", None) or {}).get("notes", []):
+                self.note(f"arm {arm.name}: {note}")
 
     # ------------------------------------------------------------ set-up
 
@@ -164,14 +168,30 @@ class Trial:
             raise SpecError(f"arms.{arm['name']}.optimizer", f"{arm['optimizer']!r} needs a fixed training set, "
                                                           f"but task {self.task.name!r} generates fresh samples")
         guards = [plugins.mitigations.get(m["kind"]).make(m) for m in arm["mitigations"]]
-        state = ArmState(arm["name"], arm, model, build_optimizer(arm, model), entry.full_batch, guards=guards)
+        try:
+            optimizer = build_optimizer(arm, model, self.example_inputs())
+        except SpecError as err:
+            raise SpecError(f"arms.{arm['name']}.{err.path}" if err.path else f"arms.{arm['name']}", err.message) from None
+        state = ArmState(arm["name"], arm, model, optimizer, entry.full_batch, guards=guards)
         if arm.get("privacy"):
             from .private import PrivateArm
 
             state.private = PrivateArm(self, arm, model)
         return state
 
+    def example_inputs(self, count: int = 2):
+        """A couple of training inputs (a forward pass of them tells what each parameter does)."""
+        if self.generated:
+            inputs, _ = self.data.sample(count, torch.Generator().manual_seed(derive_seed(self.seed, "example")))
+            return self._to_device(inputs, inputs)[0]
+        return self.x_train[:count]
+
     # ------------------------------------------------------------ records
+
+    def note(self, text: str) -> None:
+        """Record something this trial substituted or could not do as asked (each once)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def seed_for(self, purpose: str) -> int:
         """A seed for one purpose of this trial (a probe's sample, ...)."""
@@ -365,6 +385,8 @@ class Trial:
             }
             if arm.name in self.last_probes:
                 arms[arm.name]["probes"] = self.last_probes[arm.name]
+            if getattr(arm.optimizer, "split", None):
+                arms[arm.name]["param_groups"] = arm.optimizer.split
             if arm.private is not None:
                 arms[arm.name]["privacy"] = arm.private.summary(self.step)
             if arm.alive:
@@ -372,7 +394,7 @@ class Trial:
                 if text is not None:
                     arms[arm.name]["sample"] = text
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
-                "data_source": self.data.source, "arms": arms}
+                "data_source": self.data.source, "notes": self.notes, "arms": arms}
 
     def _progress_text(self) -> str:
         return " ".join(f"{a.name}={a.last_train.get('loss', float('nan')):.3g}" if a.alive else f"{a.name}=diverged"

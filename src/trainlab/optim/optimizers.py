@@ -11,9 +11,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..errors import SpecError
 from ..registry import Registry
 from ..spec import Strict
-from .muon import muon_class, split_for_muon
+from .muon import Muon, split_for_muon
+from .roles import parameter_roles
 
 OPTIMIZERS = Registry("optimizer")
 
@@ -21,7 +23,7 @@ OPTIMIZERS = Registry("optimizer")
 @dataclass(frozen=True)
 class OptimizerDef:
     Hparams: type[Strict]
-    build: Callable[[nn.Module, float, dict], torch.optim.Optimizer]
+    build: Callable[..., torch.optim.Optimizer]  # (model, lr, hyperparameters, example inputs)
     full_batch: bool = False  # gd: every step sees the whole training set
     doc: str = ""
 
@@ -29,8 +31,9 @@ class OptimizerDef:
 class OptimizerGroup:
     """Several optimizers acting as one (Muon + AdamW): step, zero_grad, state, state_dict."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, optimizers: list[torch.optim.Optimizer], split: dict | None = None):
         self.optimizers = optimizers
+        self.split = split  # which parameters each part got (reported in the arm's summary)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -62,11 +65,12 @@ def with_base_lr(optimizer):
     return optimizer
 
 
-def build_optimizer(arm: dict, model: nn.Module):
-    """Build the optimizer an (resolved) arm spec describes, for `model`."""
+def build_optimizer(arm: dict, model: nn.Module, example=None):
+    """Build the optimizer an (resolved) arm spec describes, for `model`; `example` is a couple
+    of training inputs, for optimizers that read parameter roles from a forward pass (Muon)."""
     entry = OPTIMIZERS.get(arm["optimizer"])
     hparams = {k: arm[k] for k in entry.Hparams.model_fields}
-    return with_base_lr(entry.build(model, arm["lr"], hparams))
+    return with_base_lr(entry.build(model, arm["lr"], hparams, example))
 
 
 # ---------------------------------------------------------------- entries
@@ -85,7 +89,7 @@ class SGDHparams(Strict):
         return self
 
 
-def _sgd(model, lr, hp):
+def _sgd(model, lr, hp, example=None):
     return torch.optim.SGD(model.parameters(), lr=lr, **hp)
 
 
@@ -107,7 +111,7 @@ class AdamWHparams(AdamHparams):
 
 
 def _adam_like(cls):
-    def build(model, lr, hp):
+    def build(model, lr, hp, example=None):
         return cls(model.parameters(), lr=lr, betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
                    weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"])
     return build
@@ -127,7 +131,7 @@ class RMSpropHparams(Strict):
 
 
 OPTIMIZERS.register("rmsprop", OptimizerDef(
-    RMSpropHparams, lambda model, lr, hp: torch.optim.RMSprop(model.parameters(), lr=lr, **hp), doc="RMSprop"))
+    RMSpropHparams, lambda model, lr, hp, example=None: torch.optim.RMSprop(model.parameters(), lr=lr, **hp), doc="RMSprop"))
 
 
 class MuonHparams(Strict):
@@ -141,22 +145,69 @@ class MuonHparams(Strict):
     adamw_beta2: float = Field(0.95, ge=0, lt=1)
     adamw_eps: float = Field(1e-8, gt=0)
     adamw_weight_decay: float = Field(0.0, ge=0)
+    muon_params: list[str] | None = Field(None, description="name patterns (fnmatch) moved to Muon, e.g. ['blocks.*.attn.*']")
+    adamw_params: list[str] | None = Field(None, description="name patterns (fnmatch) moved to AdamW")
+    allow_empty_muon: bool = Field(False, description="train even when no parameter is a hidden matrix (the arm "
+                                                      "is then AdamW alone)")
 
 
-def _muon(model, lr, hp):
-    hidden, other = split_for_muon(model)
+def _muon(model, lr, hp, example=None):
+    if example is None:
+        raise ValueError("Muon finds each parameter's role from a forward pass: give example inputs")
+    roles = parameter_roles(model, example)
+    layouts, adamw_names = split_for_muon(roles, hp["muon_params"], hp["adamw_params"])
+    if not layouts and not hp["allow_empty_muon"]:
+        raise SpecError("optimizer", "Muon found no hidden weight matrix in this model (roles: "
+                        f"{describe_roles(roles.values())}); name some with muon_params, or set allow_empty_muon: true "
+                        "to train it with AdamW alone")
+    params = dict(model.named_parameters())
     parts = []
-    if hidden:
-        parts.append(muon_class()(hidden, lr=lr, weight_decay=hp["weight_decay"], momentum=hp["momentum"],
-                                  nesterov=hp["nesterov"], ns_steps=hp["ns_steps"],
-                                  adjust_lr_fn=hp["adjust_lr_fn"]))
-    if other:
-        parts.append(torch.optim.AdamW(other, lr=lr * hp["adamw_lr_ratio"], betas=(hp["adamw_beta1"], hp["adamw_beta2"]),
-                                       eps=hp["adamw_eps"], weight_decay=hp["adamw_weight_decay"]))
+    by_layout = {}
+    for name, layout in layouts.items():
+        by_layout.setdefault(layout, []).append(params[name])
+    if by_layout:
+        groups = [{"params": ps, "layout": layout} for layout, ps in by_layout.items()]
+        parts.append(Muon(groups, lr=lr, weight_decay=hp["weight_decay"], momentum=hp["momentum"],
+                          nesterov=hp["nesterov"], ns_steps=hp["ns_steps"], adjust_lr_fn=hp["adjust_lr_fn"]))
+    if adamw_names:
+        parts.append(torch.optim.AdamW([params[n] for n in adamw_names], lr=lr * hp["adamw_lr_ratio"],
+                                       betas=(hp["adamw_beta1"], hp["adamw_beta2"]), eps=hp["adamw_eps"],
+                                       weight_decay=hp["adamw_weight_decay"]))
     for opt in parts:
         with_base_lr(opt)
-    return OptimizerGroup(parts)
+    split = {"muon": group_summary([roles[n] for n in layouts]), "adamw": group_summary([roles[n] for n in adamw_names]),
+             "notes": split_notes(roles, layouts)}
+    return OptimizerGroup(parts, split)
+
+
+def split_notes(roles: dict, layouts: dict) -> list[str]:
+    notes = []
+    if not layouts:
+        notes.append("Muon got no parameters (allow_empty_muon): the arm trained with AdamW alone")
+    unreached = [name for name, r in roles.items() if not r.reached]
+    if unreached:
+        notes.append(f"{len(unreached)} parameter(s) not reached by the example forward pass got the role of their "
+                     f"module's class ({', '.join(unreached[:4])}{', ...' if len(unreached) > 4 else ''})")
+    return notes
+
+
+def group_summary(roles: list) -> dict:
+    """Parameter count, tensor names and roles of one part of a split optimizer."""
+    return {"parameters": sum(r.numel for r in roles), "tensors": len(roles), "roles": count_roles(roles),
+            "names": [r.name for r in roles]}
+
+
+def count_roles(roles) -> dict:
+    counts = {}
+    for r in roles:
+        counts[r.role] = counts.get(r.role, 0) + r.numel
+    return counts
+
+
+def describe_roles(roles) -> str:
+    return ", ".join(f"{role} {n:,}" for role, n in count_roles(roles).items()) or "none"
 
 
 OPTIMIZERS.register("muon", OptimizerDef(MuonHparams, _muon,
-                                         doc="Muon on hidden 2-D weights, AdamW (lr * adamw_lr_ratio) on the rest"))
+                                         doc="Muon on the hidden weight matrices (by role), AdamW (lr * adamw_lr_ratio) "
+                                             "on embeddings, head, norms, biases and the rest"))

@@ -50,6 +50,7 @@ def build_report(study_dir: str | Path) -> Path:
     lines = [
         f"# {spec['name']}",
         "",
+        *_notes(store),
         f"- task: `{spec['task']['name']}`; data: {_data_sources(store)}",
         f"- arms: {arms}",
         f"- plan: {plan['steps'] or plan['epochs']} {'steps' if plan['steps'] else 'epochs'}, batch {plan['batch_size']}, "
@@ -78,7 +79,7 @@ def build_report(study_dir: str | Path) -> Path:
         lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
-        lines += _sweep(store, summaries) + _privacy(store) + _divergences(summaries) + _samples(summaries)
+        lines += _sweep(store, summaries) + _splits(store) + _privacy(store) + _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
     return atomic_write_text(store.root / "report.md", "\n".join(lines))
@@ -123,6 +124,35 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
                   f"largest departure from an additive model: {fmt(inter['non_additivity'])}.", "",
                   markdown_table([f"{a} \\ {b}", *inter["columns"]], table), ""]
     return lines
+
+
+def _notes(store: StudyStore) -> list[str]:
+    """What the trials substituted or could not do as asked, stated before any number."""
+    counts, total = {}, 0
+    for summary in store.summaries():
+        total += 1
+        for note in summary.get("notes") or []:
+            counts[note] = counts.get(note, 0) + 1
+    if not counts:
+        return []
+    return [f"> **Note:** {note}" + (f" ({n} of {total} trials)" if n < total else "") for note, n in counts.items()] + [""]
+
+
+def _splits(store: StudyStore) -> list[str]:
+    """Optimizers that split the parameters (Muon + AdamW): what each part got, first trial that has them."""
+    for summary in store.summaries():
+        rows = []
+        for arm, info in summary["arms"].items():
+            for part, group in (info.get("param_groups") or {}).items():
+                if isinstance(group, dict) and "parameters" in group:
+                    roles = ", ".join(f"{role} {n:,}" for role, n in group["roles"].items()) or "-"
+                    rows.append([arm, part, f"{group['parameters']:,}", group["tensors"], roles])
+        if rows:
+            return ["## Parameter split", "", f"Which parameters each part of a split optimizer trained (trial "
+                    f"{summary['index']}; roles read from a forward pass, see docs/optimizers.md). Tensor names: "
+                    "`param_groups` in each trial's summary.json.", "",
+                    markdown_table(["arm", "part", "parameters", "tensors", "by role"], rows), ""]
+    return []
 
 
 def _data_sources(store: StudyStore) -> str:
