@@ -48,9 +48,11 @@ class HessianOperator:
         self.products = 0
         total = sum(len(y) for _, y in batches)
         self.graphs = []
-        self.notes = []
+        self.notes = ["Hessians by double backward with attention (if any) on the math backend (the fused kernel "
+                      "has no double backward)"]
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            self.notes.append("BatchNorm layers in eval mode (running statistics) during the analysis")
+            self.notes.append("BatchNorm layers in eval mode (running statistics) during the Hessian analysis, not "
+                              "the batch statistics of training")
         with analysis_mode(model):
             for x, y in batches:
                 loss = loss_fn(model, x, y)

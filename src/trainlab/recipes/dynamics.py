@@ -141,6 +141,8 @@ class HessianTrajectory(Hook):
         model = arm.model
         self.params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy())
         op = HessianOperator(model, lambda m, x, y: trial.task.loss(m(x), y, opts=trial.options), [arm.batch])
+        for note in op.notes:
+            trial.note(note)
         if op.size <= 1000:
             values = np.linalg.eigvalsh(exact_hessian(op).double().cpu().numpy())[::-1][: self.top]
         else:
@@ -160,6 +162,8 @@ def stage3(s: DynamicsSetup, root: Path) -> None:
         final = torch.cat([p.detach().reshape(-1) for p in trial.arms[0].model.parameters()]).double().cpu().numpy()
         np.savez(folder / f"lr_{lr:g}.npz", params=np.stack([*hook.params, final]),
                  eigenvalues=np.stack(hook.eigenvalues), lr=lr)
+        atomic_write_json(folder / f"lr_{lr:g}.json", {"lr": lr, "method": "exact" if hook.params[0].size <= 1000
+                                                        else "lanczos", "notes": trial.notes})
         progress(f"stage 3: lr {lr:g}: {s.hessian_steps} minibatch Hessians, top eigenvalue at the start "
                  f"{hook.eigenvalues[0][0]:.4g}, at the end {hook.eigenvalues[-1][0]:.4g}")
 
