@@ -6,14 +6,14 @@
 Goals (from the issue): on CPU the fastest mode at most 1.15x the non-private step; on an
 H100 at most 1.25x time and 1.15x memory on the GPT-2-small shape (Opacus hooks measured at
 1.56x / 1.08x there, Opacus ghost 2.75x / 1.64x). Every mode and Opacus run in one session,
-timed round-robin (trainlab.privacy.profile), so the ratios share one machine state.
+timed round-robin (trainlab.recipes.dp_profile), so the ratios share one machine state.
 """
 
 import argparse
 
 import torch
 
-from trainlab.privacy.profile import breakdown, markdown, profile
+from trainlab.recipes.dp_profile import breakdown, markdown, profile
 
 MODES = ["no_dp", "bk", "flash", "fused", "ghost", "per_sample", "opacus_hooks", "opacus_ghost"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainlab.engine import Trial
-from trainlab.probes.hessian import HessianOperator, lanczos_basis, power_iteration, ritz_pairs, start_vector, top_eigenpairs
+from trainlab.curvature.hessian import HessianOperator, lanczos_basis, power_iteration, ritz_pairs, start_vector, top_eigenpairs
 from trainlab.recipes.fault_recovery import default_source
 from trainlab.spec import load_spec
 

@@ -8,7 +8,7 @@ from conftest import needs_mnist, needs_shakespeare
 from trainlab.data import IndexStream, load_mnist
 from trainlab.data.mnist import OFFLINE_LABEL, parse_idx
 from trainlab.errors import UserError
-from trainlab.tasks import TASKS
+from trainlab import registries
 
 
 @needs_mnist
@@ -84,7 +84,7 @@ def test_offline_digits_come_from_the_installed_package_and_are_labelled():
 
 @needs_shakespeare
 def test_shakespeare_task_splits_text_then_windows():
-    task = TASKS.get("shakespeare-gpt")
+    task = registries().tasks.get("shakespeare-gpt").target
     data = task.load(task.Options())
     assert data.x_train.shape == (4800 - 16, 16) and data.x_test.shape == (1200 - 16, 16)
     assert torch.equal(data.x_train[1:, :-1], data.x_train[:-1, 1:])

@@ -7,7 +7,7 @@ from trainlab.engine import MemorySink, Trial
 from trainlab.errors import SpecError
 from trainlab.probes import blob_metrics
 from trainlab.spec import load_spec
-from trainlab.tasks import TASKS
+from trainlab import registries
 
 BLOB_OPTIONS = {"eps": "auto", "eps_scale": 3.0, "min_samples": 10, "silhouette_sample": 2000, "gmm": True,
                 "gmm_max_components": 5}
@@ -69,7 +69,7 @@ def test_the_probe_pairs_encoder_row_with_decoder_column():
 
 
 def test_denoise_task_loss_and_support_recovery():
-    task = TASKS.get("denoise-2layer")
+    task = registries().tasks.get("denoise-2layer").target
     opts = task.Options(dim=4, hidden=2, sparsity=1, lambda_on=16)
     target = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     output = torch.tensor([[0.5, 0.5, 0.0, -1.0]])
@@ -79,7 +79,7 @@ def test_denoise_task_loss_and_support_recovery():
 
 
 def test_denoise_data_is_sparse_and_seeded():
-    task = TASKS.get("denoise-2layer")
+    task = registries().tasks.get("denoise-2layer").target
     opts = task.Options(dim=64, hidden=8, sparsity=3, n_val=100)
     data = task.load(opts, seed=5)
     assert torch.equal(data.y_test.sum(1), torch.full((100,), 3.0))

@@ -103,7 +103,7 @@ def test_a_diverging_fault_is_reported_as_divergence(tmp_path):
     (["--mitigations", "pray"], "--mitigations: unknown mitigation 'pray'"),
     (["--injection-window", "7"], "--injection-window '7': expected LO:HI"),
     (["--injection-window", "30:10"], "--injection-window: window must be lo:hi"),
-    (["--fault", "gamma_ray"], "--fault: Input should be 'bitflip'"),
+    (["--fault", "gamma_ray"], "--fault: unknown fault 'gamma_ray' (allowed: add_noise, bitflip"),
     (["--num-experiments", "0"], "--num-experiments: must be at least 1"),
     (["--layer", "fc9"], "--layer/--bit: layer 'fc9' is not a weights site"),
 ])

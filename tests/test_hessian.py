@@ -3,7 +3,7 @@ import torch
 
 from conftest import needs_shakespeare, small_spec
 from trainlab.engine import Trial
-from trainlab.probes.hessian import (HessianOperator, analysis_mode, exact_hessian, hutchinson_trace, power_iteration,
+from trainlab.curvature.hessian import (HessianOperator, analysis_mode, exact_hessian, hutchinson_trace, power_iteration,
                                      spectral_density, top_eigenpairs)
 from trainlab.spec import load_spec
 

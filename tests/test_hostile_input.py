@@ -140,8 +140,8 @@ COMMANDS = {
 @pytest.fixture
 def nothing_heavy(monkeypatch, no_training):
     """Commands whose work is not a study get their heavy part replaced as well."""
-    import trainlab.privacy.profile as profile
-    import trainlab.profiler as profiler
+    import trainlab.recipes.dp_profile as profile
+    import trainlab.recipes.batch_size as profiler
     import trainlab.recipes.dp_consistency as dpc
     import trainlab.recipes.dynamics as dynamics
 

@@ -6,11 +6,11 @@ from trainlab.engine import MemorySink, Trial
 from trainlab.models import MoEConfig, MoELM
 from trainlab.models.moe import rotary
 from trainlab.spec import load_spec
-from trainlab.tasks import TASKS
+from trainlab import registries
 
 
 def test_moe_presets_and_tied_embeddings():
-    task = TASKS.get("moe-lm")
+    task = registries().tasks.get("moe-lm").target
     tiny, big = task.Options(), task.Options(preset="moe-384")
     assert (tiny.n_embd, tiny.experts, tiny.top_k) == (64, 4, 2)
     assert (big.n_embd, big.n_layer, big.n_head, big.ff, big.experts, big.top_k) == (384, 6, 8, 1536, 8, 2)

@@ -7,7 +7,8 @@ from torch import nn
 
 from trainlab.errors import SpecError
 from trainlab.models import GPT, GPTConfig, MoEConfig, MoELM, PooledMLP, SmallCNN
-from trainlab.optim import OPTIMIZERS, Muon, build_optimizer, lr_factor, parameter_roles, split_for_muon
+from trainlab import registries
+from trainlab.optim import Muon, build_optimizer, lr_factor, parameter_roles, split_for_muon
 from trainlab.spec import load_spec
 
 from conftest import small_spec
@@ -111,7 +112,7 @@ def test_muon_arm_uses_lr_ratio_for_adamw_part_and_round_trips_state():
     assert len(clone.state) == len(opt.state) == 4
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS.names())
+@pytest.mark.parametrize("name", registries().optimizers.names())
 def test_every_optimizer_builds_and_steps(name):
     spec = load_spec(small_spec(arms=[{"optimizer": name, "lr": 0.01}]))
     model = PooledMLP()

@@ -5,7 +5,7 @@ import pytest
 from trainlab import profile_batch_sizes
 from trainlab.cli import main
 from trainlab.errors import UserError
-from trainlab.profiler import ProfileRecord, parse_size, recommend
+from trainlab.recipes.batch_size import ProfileRecord, parse_size, recommend
 from trainlab.spec import load_spec
 
 SETS = ["task.dim=256", "task.hidden=128", "task.samples_per_epoch=24000", "task.n_val=500", "probes=[]"]

@@ -5,17 +5,29 @@ Public API (everything else may change):
     spec = trainlab.load_spec("examples/demo.yaml", ["plan.steps=50"])
     study_dir = trainlab.run_study(spec)
     frame = trainlab.load(study_dir)          # every metrics record as a DataFrame
+
+Your own model, data, optimizer, probes, events, mitigations and fault models are plugins
+(docs/plugins.md): register them with the `register_*` functions and name their module in
+the spec (`plugins: [my_module]`).
 """
 
-__version__ = "0.1.0"
+from .analysis import load, load_summaries
+from .engine import Guard, Hook, MemorySink, Trial
+from .errors import SpecError, UserError
+from .faults import FaultModel
+from .plugin import (Plugin, Registries, register, register_command, register_event, register_fault_model,
+                     register_mitigation, register_optimizer, register_probe, register_report, register_task, registries)
+from .recipes.batch_size import ProfileRecord, profile_batch_sizes
+from .report import build_report
+from .spec import load_spec
+from .study import resume_study, run_study
+from .study.store import version
+from .tasks import Task, TaskData
 
-from .analysis import load, load_summaries  # noqa: E402
-from .engine import Hook, Trial  # noqa: E402
-from .errors import SpecError, UserError  # noqa: E402
-from .profiler import ProfileRecord, profile_batch_sizes  # noqa: E402
-from .report import build_report  # noqa: E402
-from .spec import load_spec  # noqa: E402
-from .study import resume_study, run_study  # noqa: E402
+__version__ = version()
 
-__all__ = ["Hook", "ProfileRecord", "SpecError", "Trial", "UserError", "__version__", "build_report", "load", "load_spec",
-           "load_summaries", "profile_batch_sizes", "resume_study", "run_study"]
+__all__ = ["FaultModel", "Guard", "Hook", "MemorySink", "Plugin", "ProfileRecord", "Registries", "SpecError", "Task",
+           "TaskData", "Trial", "UserError", "__version__", "build_report", "load", "load_spec", "load_summaries",
+           "profile_batch_sizes", "register", "register_command", "register_event", "register_fault_model",
+           "register_mitigation", "register_optimizer", "register_probe", "register_report", "register_task",
+           "registries", "resume_study", "run_study"]

@@ -22,6 +22,30 @@ class SpecError(UserError):
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
 
+    def __reduce__(self):  # crosses process boundaries (pool and Ray workers) intact
+        return type(self), (self.path, self.message)
+
+
+class TrialsFailed(UserError):
+    """Some trials of a study raised an error; each is recorded in its failure.json, and
+    `trainlab resume` runs them again. The study itself is in `study_dir`."""
+
+    def __init__(self, study_dir, failures: list[dict]):
+        self.study_dir, self.failures = study_dir, failures
+        first = failures[0]
+        super().__init__(f"{len(failures)} trial(s) of {study_dir} failed; trial {first['index']}: {first['reason']} "
+                         f"(details in its failure.json; `trainlab resume {study_dir}` runs them again)")
+
+    def __reduce__(self):
+        return type(self), (self.study_dir, self.failures)
+
+
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """An exception as one line: a trainlab error's own message, else 'Type: message'."""
+    text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
 
 def spec_error_from_pydantic(err, prefix: str = "", model=None) -> SpecError:
     """Turn the first pydantic error into a SpecError whose path starts with `prefix`."""
@@ -32,7 +56,7 @@ def spec_error_from_pydantic(err, prefix: str = "", model=None) -> SpecError:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
-        allowed = _fields_at(model or _model_of(err), loc[:-1])
+        allowed = _fields_at(model, loc[:-1])
         if allowed:
             msg += f" (allowed here: {', '.join(allowed)})"
     elif first["type"] == "missing":
@@ -40,12 +64,6 @@ def spec_error_from_pydantic(err, prefix: str = "", model=None) -> SpecError:
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return SpecError(path, msg)
-
-
-def _model_of(err):
-    from . import spec
-
-    return getattr(spec, err.title, None)
 
 
 def _fields_at(model, loc) -> list[str]:

@@ -1,9 +1,11 @@
 """The study spec: pydantic models, file loading and `--set path=value` overrides.
 
 A spec is validated in two passes. The first checks the fixed shape (plan, sweep, output).
-The second hands the open parts (task options, optimizer hyperparameters, events, probes)
-to the registry entry they name, which validates them with its own model. The result is a
-plain dict with every default filled in: the *resolved* spec stored in study.json.
+The second hands the open parts (task options, optimizer hyperparameters, events, probes,
+mitigations) to the plugin they name, which validates them with its own options model. The
+plugins come from the `Registries` handed to `resolve` (by default this process's, with the
+spec's own `plugins:` modules loaded). The result is a plain dict with every default filled
+in: the *resolved* spec stored in study.json.
 """
 
 import copy
@@ -14,23 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .data.samplers import SAMPLERS
 from .errors import SpecError, UserError, spec_error_from_pydantic
+from .options import Open, Strict, validate_options
+from .plugin import Registries, registries as process_registries
+from .privacy import CLIPPING, MODES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-class Strict(BaseModel):
-    """Unknown fields are errors: a typo must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Open(BaseModel):
-    """Fixed fields plus extra ones that a registry entry validates in the second pass."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 
 class TaskSpec(Open):
@@ -49,14 +44,33 @@ class MitigationSpec(Open):
     kind: str
 
 
+def one_of(name: str, allowed) -> str:
+    """A choice from a list kept elsewhere (the samplers, the DP modes), worded as pydantic words a Literal."""
+    if name not in allowed:
+        quoted = [repr(a) for a in allowed]
+        raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else
+                         f"Input should be {quoted[0]}")
+    return name
+
+
 class PrivacySpec(Strict):
-    mode: Literal["no_dp", "per_sample", "ghost", "bk", "flash", "fused"] = "bk"
+    mode: str = Field("bk", description=f"DP mode: {', '.join(MODES)}")
     max_grad_norm: float = Field(1.0, gt=0, description="C: each sample's gradient is clipped to this norm")
     noise_multiplier: float | None = Field(None, ge=0, description="sigma: noise std is sigma * C")
     target_epsilon: float | None = Field(None, gt=0, description="calibrate sigma to reach this epsilon at the end")
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"
-    clipping: Literal["flat", "per_layer"] = "flat"
+    clipping: str = Field("flat", description=f"{' or '.join(CLIPPING)}")
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value):
+        return one_of(value, MODES)
+
+    @field_validator("clipping")
+    @classmethod
+    def _clipping(cls, value):
+        return one_of(value, CLIPPING)
 
     @model_validator(mode="after")
     def _noise(self):
@@ -78,7 +92,7 @@ class PlanSpec(Strict):
     steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(64, gt=0)
-    sampler: Literal["shuffle", "replacement", "full", "poisson"] = "shuffle"
+    sampler: str = Field("shuffle", description=f"{', '.join(SAMPLERS)}")
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     eval_every: int = Field(50, gt=0)
@@ -86,6 +100,11 @@ class PlanSpec(Strict):
     grad_accumulation: int = Field(1, gt=0, description="micro-batches per step (the loss is weighted so the "
                                                         "gradient equals the whole batch's)")
     init_from: str | None = None
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, value):
+        return one_of(value, SAMPLERS)
 
     @field_validator("device")
     @classmethod
@@ -196,6 +215,8 @@ class OutputSpec(Strict):
 class StudySpec(Strict):
     name: str = Field("study", pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    plugins: list[str] = Field(default_factory=list, description="modules that register tasks, optimizers, probes, "
+                               "... (importable from the spec's folder or PYTHONPATH)")
     task: TaskSpec = TaskSpec()
     arms: list[ArmSpec] = Field(min_length=1)
     plan: PlanSpec = PlanSpec()
@@ -306,36 +327,64 @@ def _list_index(items: list, key: str, path: str) -> int:
     raise SpecError(path, f"no list item named {key!r}")
 
 
-def load_spec(source: str | Path | dict, overrides: list[str] | dict | None = None) -> dict:
-    """Read, override and validate a spec. Returns the resolved spec as a plain dict."""
+def load_spec(source: str | Path | dict, overrides: list[str] | dict | None = None, plugins: list[str] | None = None,
+              registries: Registries | None = None) -> dict:
+    """Read, override and validate a spec. Returns the resolved spec as a plain dict.
+    `plugins` are modules added to the spec's own `plugins:` (the --plugin flag)."""
     data = copy.deepcopy(source) if isinstance(source, dict) else read_spec_file(source)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_set, overrides or [])
     for path, value in items:
         set_path(data, path, value)
-    return resolve(data)
+    if plugins:
+        data["plugins"] = [*(data.get("plugins") or []), *(p for p in plugins if p not in (data.get("plugins") or []))]
+    folder = None if isinstance(source, dict) else spec_folder(source)
+    return resolve(data, registries, folder)
 
 
-def resolve(data: dict) -> dict:
-    """Validate both passes and return the spec with every default filled in."""
-    from . import plugins  # registries fill up on import
+def spec_folder(path: str | Path) -> str | None:
+    """The folder of a spec file (its plugin modules are looked for there), None for presets."""
+    path = Path(path)
+    return str(path.resolve().parent) if path.is_file() else None
 
+
+def plugins_of(data: dict) -> list[str]:
+    """The spec's plugin modules, checked before any of them is imported."""
+    modules = data.get("plugins") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) and re.fullmatch(MODULE_PATTERN, m) for m in modules):
+        raise SpecError("plugins", "must be a list of module names, e.g. [my_package.my_module]")
+    return modules
+
+
+def resolve(data: dict, registries: Registries | None = None, folder: str | None = None) -> dict:
+    """Validate both passes and return the spec with every default filled in. Without
+    `registries`, this process's are used with the spec's plugins loaded (from `folder`
+    first, then PYTHONPATH); the folder is recorded as `plugin_path` for every later process."""
     _reject_non_finite(data, "")
+    if not isinstance(data, dict):
+        raise SpecError("", "a spec is a mapping of fields (task, arms, plan, ...)")
+    folder = folder or data.get("plugin_path")
+    data = {k: v for k, v in data.items() if k != "plugin_path"}
+    registries = registries or process_registries(plugins_of(data), folder)
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
-        raise spec_error_from_pydantic(err) from None
+        raise spec_error_from_pydantic(err, model=StudySpec) from None
     _name_arms(spec.arms)
     resolved = spec.model_dump(mode="json")
-    task = plugins.tasks.get(spec.task.name, "task.name")
-    resolved["task"] = {"name": spec.task.name, **validate_options(task.Options, spec.task.model_extra, "task")}
+    if spec.plugins:
+        resolved["plugin_path"] = folder
+    context = {"registries": registries}
+    task = registries.tasks.get(spec.task.name, "task.name")
+    resolved["task"] = {"name": spec.task.name, **validate_options(task.Options, spec.task.model_extra, "task", context)}
     for i, arm in enumerate(spec.arms):
-        optimizer = plugins.optimizers.get(arm.optimizer, f"arms.{i}.optimizer")
-        hparams = validate_options(optimizer.Hparams, arm.model_extra, f"arms.{i}")
+        optimizer = registries.optimizers.get(arm.optimizer, f"arms.{i}.optimizer")
+        hparams = validate_options(optimizer.Options, arm.model_extra, f"arms.{i}", context)
         resolved["arms"][i] = {**arm.model_dump(mode="json", exclude=set(arm.model_extra)), **hparams}
-        resolved["arms"][i]["mitigations"] = resolve_plugins(arm.mitigations, plugins.mitigations, f"arms.{i}.mitigations")
-    resolved["events"] = resolve_plugins(spec.events, plugins.events, "events")
-    resolved["probes"] = resolve_plugins(spec.probes, plugins.probes, "probes")
-    plugins.reports.get(spec.output.report, "output.report")
+        resolved["arms"][i]["mitigations"] = resolve_plugins(arm.mitigations, registries.mitigations,
+                                                             f"arms.{i}.mitigations", context)
+    resolved["events"] = resolve_plugins(spec.events, registries.events, "events", context)
+    resolved["probes"] = resolve_plugins(spec.probes, registries.probes, "probes", context)
+    registries.reports.get(spec.output.report, "output.report")
     random_paths = list(spec.sweep.random.params) if spec.sweep.random else []
     optuna_paths = list(spec.sweep.optuna.params) if spec.sweep.optuna else []
     for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths, *optuna_paths]:
@@ -356,25 +405,14 @@ def _name_arms(arms: list[ArmSpec]) -> None:
         seen.add(arm.name)
 
 
-def resolve_plugins(items: list[Open], registry, prefix: str) -> list[dict]:
-    """Validate each `{kind: ..., options}` item against the registry entry it names."""
+def resolve_plugins(items: list[Open], registry, prefix: str, context: dict | None = None) -> list[dict]:
+    """Validate each `{kind: ..., options}` item against the plugin it names."""
     resolved = []
     for i, item in enumerate(items):
-        entry = registry.get(item.kind, f"{prefix}.{i}.kind")
+        plugin = registry.get(item.kind, f"{prefix}.{i}.kind")
         fixed = item.model_dump(mode="json", exclude=set(item.model_extra))
-        resolved.append({**fixed, **validate_options(entry.Options, item.model_extra, f"{prefix}.{i}")})
+        resolved.append({**fixed, **validate_options(plugin.Options, item.model_extra, f"{prefix}.{i}", context)})
     return resolved
-
-
-def validate_options(model: type[BaseModel], values: dict | None, prefix: str) -> dict:
-    try:
-        return model.model_validate(values or {}).model_dump(mode="json")
-    except ValidationError as err:
-        error = spec_error_from_pydantic(err, prefix)
-        if "unknown field" in error.message and "allowed" not in error.message:
-            allowed = ", ".join(sorted(model.model_fields)) or "none"
-            error = SpecError(error.path, f"{error.message} (allowed here: {allowed})")
-        raise error from None
 
 
 def _reject_non_finite(node: Any, path: str) -> None:

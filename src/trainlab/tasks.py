@@ -1,8 +1,8 @@
-"""The task registry. A task is data + a model factory + a loss + metrics.
+"""Tasks: data + a model factory + a loss + metrics, registered as plugins.
 
 Each task has an `Options` model (its spec fields, validated with their defaults), loads its
 data once per process (cached), and builds a fresh model on demand. The trainer only ever
-calls `load`, `make_model`, `loss` and `count_correct`.
+calls `load`, `make_model`, `loss`, `count_correct` (and `penalty`, `sample`).
 """
 
 import functools
@@ -20,16 +20,8 @@ from .data.shakespeare import load_shakespeare_text
 from .data.synthetic import sparse_signals
 from .models.sampling import generate
 from .models import GPT, Denoiser, GPTConfig, MoEConfig, MoELM, PooledMLP, SmallCNN
-from .registry import Registry
-from .spec import Strict
-
-TASKS = Registry("task")
-
-
-def register_task(cls):
-    """Class decorator: register one instance of the task under its `name`."""
-    TASKS.register(cls.name, cls())
-    return cls
+from .options import NoOptions, Strict
+from .plugin import register_task
 
 
 @dataclass
@@ -52,7 +44,7 @@ class TaskData:
 class Task:
     name: str
     doc: str = ""
-    Options: type[Strict]
+    Options: type[Strict] = NoOptions
     language_model = False
     cross_entropy = True  # the loss is the mean cross-entropy of the outputs (batched fast paths rely on it)
 

@@ -8,7 +8,6 @@ recommendation close it.
 """
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,7 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
     for field in fields:
         grouped = data.groupby(levels(data[field]))[metric]
         by_value = sorted(({"value": v, "mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else None,
-                            "n": int(len(g))} for v, g in grouped), key=lambda row: _order(row["value"]))
+                            "n": int(len(g))} for v, g in grouped), key=lambda row: value_order(row["value"]))
         numeric = pd.to_numeric(data[field], errors="coerce")
         rho = p = None
         if numeric.notna().all() and numeric.nunique() > 1:
@@ -93,7 +92,7 @@ def levels(column: pd.Series) -> pd.Series:
     return column.astype(str)
 
 
-def _order(value: str):
+def value_order(value: str):
     """Numbers (and bins, by their low end) in numeric order, then everything else alphabetically."""
     try:
         return (0, float(value.removeprefix("[").split(",")[0]), "")
@@ -101,7 +100,7 @@ def _order(value: str):
         return (1, 0.0, value)
 
 
-def _short(label: str) -> str:
+def short_label(label: str) -> str:
     try:
         return f"{float(label):g}"
     except ValueError:
@@ -120,26 +119,3 @@ def importance(data: pd.DataFrame, fields: list[str], metric: str, seed: int) ->
     model = RandomForestRegressor(n_estimators=200, random_state=seed).fit(x, data[metric])
     result = permutation_importance(model, x, data[metric], n_repeats=10, random_state=seed)
     return {f: float(v) for f, v in zip(fields, result.importances_mean)}
-
-
-def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) -> None:
-    from ..report.plotting import pyplot
-
-    plt = pyplot()
-
-    cols = min(3, len(fields))
-    rows = math.ceil(len(fields) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
-    for ax, field in zip(axes.flat, fields):
-        present = frame[frame[field].notna()]
-        level = levels(present[field])
-        values = sorted(level.unique(), key=_order)
-        groups = [present[level == v][metric].dropna().to_numpy() for v in values]
-        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[_short(v) for v in values])
-        ax.set(title=field, ylabel=metric)
-        ax.tick_params(axis="x", rotation=30)
-    for ax in list(axes.flat)[len(fields):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

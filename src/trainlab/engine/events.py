@@ -1,23 +1,12 @@
-"""Events: things scheduled at steps. Each registered kind has an Options model and a Hook."""
-
-from dataclasses import dataclass
-from typing import Callable
+"""Events: things scheduled at steps, registered as plugins (options model + Hook factory).
+The built-in one here saves checkpoints; the fault event lives with the faults."""
 
 import torch
 from pydantic import Field
 
-from ..registry import Registry
-from ..spec import Strict
+from ..options import Strict
+from ..plugin import register_event
 from .hooks import Hook
-
-EVENTS = Registry("event")
-
-
-@dataclass(frozen=True)
-class EventDef:
-    Options: type[Strict]
-    make: Callable[[dict], Hook]
-    doc: str = ""
 
 
 class CheckpointOptions(Strict):
@@ -54,4 +43,4 @@ class Checkpoint(Hook):
         tmp.replace(folder / f"{arm.name}.pt")
 
 
-EVENTS.register("checkpoint", EventDef(CheckpointOptions, Checkpoint, doc="save weights at chosen steps"))
+register_event("checkpoint", Checkpoint, Options=CheckpointOptions, doc="save weights at chosen steps")

@@ -1,5 +1,6 @@
-"""Hook points of a trial. The trainer knows nothing about faults, diagnostics or privacy:
-they subclass Hook and act at these named moments.
+"""Hook points of a trial, and the guard protocol of an arm's optimizer step. The trainer
+knows nothing about faults, diagnostics or privacy: they subclass Hook (or Guard) and act at
+these named moments.
 
 Order within one step, for each live arm in turn:
     before_step -> forward/backward -> after_backward -> [mitigations] -> optimizer step -> after_step
@@ -32,3 +33,24 @@ class Hook:
 
     def on_end(self, trial) -> None:
         """After the last step and the final evaluation."""
+
+
+# ---------------------------------------------------------------- guards
+
+STEP, SKIP, ROLLBACK = "step", "skip", "rollback"  # verdicts on one optimizer step
+
+
+class Guard:
+    """Part of an arm (a mitigation): sees each step after backward and returns a verdict
+
+        STEP      go on with the optimizer step (the guard may have changed the gradients)
+        SKIP      leave weights and optimizer state as they are this step
+        ROLLBACK  restore the last good state and execute the step again (once)
+
+    and may act after the optimizer step (bounding state, taking snapshots)."""
+
+    def verdict(self, arm, step: int, loss: float) -> str:
+        return STEP
+
+    def after_step(self, arm, step: int) -> None:
+        """The optimizer has stepped and the weights are finite."""

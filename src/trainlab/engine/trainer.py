@@ -19,9 +19,11 @@ from torch import nn
 
 from ..data.samplers import GeneratedStream, IndexStream
 from ..errors import SpecError, UserError
-from ..faults.mitigations import ROLLBACK, SKIP, STEP
 from ..optim import build_optimizer, lr_factor, set_lr_factor
+from ..plugin import Registries, registries as process_registries
 from ..tasks import perplexity
+from .hooks import ROLLBACK, SKIP, STEP
+from .private import PrivateArm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -86,16 +88,19 @@ class ArmState:
 
 
 class Trial:
-    def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None):
-        from .. import plugins  # the registries import the engine: look them up at run time
-
+    def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None, hooks=(),
+                 registries: Registries | None = None):
+        """`spec` is resolved (load_spec); `hooks` are Hooks added after the spec's events and
+        probes; `registries` default to this process's, with the spec's plugins loaded."""
+        self.registries = registries or process_registries(spec.get("plugins", []), spec.get("plugin_path"))
+        plugins = self.registries
         self.spec = spec
         self.seed = spec["seed"]
         self.plan = spec["plan"]
         self.sink = sink
         self.artifact_dir = artifact_dir
         self.progress = progress
-        self.task = plugins.tasks.get(spec["task"]["name"], "task.name")
+        self.task = plugins.tasks.get(spec["task"]["name"], "task.name").target
         self.options = self.task.Options(**{k: v for k, v in spec["task"].items() if k != "name"})
         self.device = self._device(self.plan["device"])
         self.dtype = DTYPES[self.plan["dtype"]]
@@ -116,8 +121,8 @@ class Trial:
         self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
         initial = self.initial_model()
         self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
-        self.hooks = [plugins.events.get(e["kind"]).make(e) for e in spec["events"]]
-        self.hooks += [plugins.probes.get(p["kind"]).make(p) for p in spec["probes"]]
+        self.hooks = [plugins.events.get(e["kind"]).target(e) for e in spec["events"]]
+        self.hooks += [plugins.probes.get(p["kind"]).target(p) for p in spec["probes"]] + list(hooks)
         self.step = 0
         self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
         self.forward_seed = derive_seed(self.seed, "forward", 0)
@@ -159,23 +164,19 @@ class Trial:
         return model
 
     def _make_arm(self, arm: dict, initial: nn.Module) -> ArmState:
-        from .. import plugins
-
         model = copy.deepcopy(initial)
         model.train()
-        entry = plugins.optimizers.get(arm["optimizer"])
-        if entry.full_batch and self.generated:
+        full_batch = self.registries.optimizers.get(arm["optimizer"]).trait("full_batch", False)
+        if full_batch and self.generated:
             raise SpecError(f"arms.{arm['name']}.optimizer", f"{arm['optimizer']!r} needs a fixed training set, "
                                                           f"but task {self.task.name!r} generates fresh samples")
-        guards = [plugins.mitigations.get(m["kind"]).make(m) for m in arm["mitigations"]]
+        guards = [self.registries.mitigations.get(m["kind"]).target(m) for m in arm["mitigations"]]
         try:
-            optimizer = build_optimizer(arm, model, self.example_inputs())
+            optimizer = build_optimizer(arm, model, self.example_inputs(), self.registries)
         except SpecError as err:
             raise SpecError(f"arms.{arm['name']}.{err.path}" if err.path else f"arms.{arm['name']}", err.message) from None
-        state = ArmState(arm["name"], arm, model, optimizer, entry.full_batch, guards=guards)
+        state = ArmState(arm["name"], arm, model, optimizer, full_batch, guards=guards)
         if arm.get("privacy"):
-            from .private import PrivateArm
-
             state.private = PrivateArm(self, arm, model)
         return state
 

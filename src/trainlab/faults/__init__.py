@@ -1,9 +1,9 @@
-"""Fault injection: fault models, targets, the `fault` event, plans drawn from a seed, replay."""
+"""Faults: fault models, where they land, injection plans drawn up front, and mitigations."""
 
-from .injector import FaultInjector, FaultOptions
-from .mitigations import MITIGATIONS
-from .models import EXPONENT_BITS, FAULTS, Fault, flip_bits
+from . import mitigations  # noqa: F401  the built-in mitigations register as plugins
+from .injector import FaultInjector, FaultOptions, fault_model
+from .models import EXPONENT_BITS, Fault, FaultModel, flip_bits
 from .targets import STATE_KEYS, TARGETS
 
-__all__ = ["EXPONENT_BITS", "FAULTS", "FaultInjector", "FaultOptions", "MITIGATIONS", "STATE_KEYS", "TARGETS",
-           "Fault", "flip_bits"]
+__all__ = ["EXPONENT_BITS", "Fault", "FaultInjector", "FaultModel", "FaultOptions", "STATE_KEYS", "TARGETS",
+           "fault_model", "flip_bits"]

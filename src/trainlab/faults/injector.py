@@ -12,15 +12,24 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..engine.events import EVENTS, EventDef
 from ..engine.hooks import Hook
 from ..errors import SpecError
-from ..spec import Strict
-from ..study.store import atomic_write_json
-from .models import FAULTS, Fault
+from ..io import atomic_write_json
+from ..options import Strict
+from ..plugin import REGISTRIES, register_event
+from .models import Fault, FaultModel
 from .targets import STATE_KEYS, TARGETS, activation_modules, state_entry
+
+
+def fault_model(name: str, info: ValidationInfo | None = None) -> FaultModel:
+    """The fault model plugin `name` (from the registries being resolved with, else this process's)."""
+    registries = (info.context or {}).get("registries") if info is not None else None
+    registry = (registries or REGISTRIES).fault_models
+    if name not in registry:
+        raise ValueError(f"unknown fault {name!r} (allowed: {', '.join(registry.names())})")
+    return registry.get(name).target()
 
 
 class FaultOptions(Strict):
@@ -29,16 +38,23 @@ class FaultOptions(Strict):
     tensor: str = Field(description="parameter name, or module name for activations")
     state: Literal[tuple(STATE_KEYS)] = "first_moment"
     indices: list[int] = Field(min_length=1, description="flat element indices")
-    fault: Literal[FAULTS] = "bitflip"
+    fault: str = Field("bitflip", description="a fault model: bitflip, value, stuck, zero, sign_flip, add_noise, "
+                                              "mul_noise, or one a plugin registers")
     bits: list[list[int]] | None = Field(None, description="bitflip: bits to flip, per element")
     values: list[float] | None = Field(None, description="value/stuck: new values; *_noise: draws")
     duration: int = Field(1, ge=1, description="stuck: number of steps the values stay stuck")
     eval_every_after: int | None = Field(None, ge=1, description="evaluate every N steps from the injection on "
                                                                 "(recovery needs a denser cadence than the run)")
 
+    @field_validator("fault")
+    @classmethod
+    def _known(cls, value, info: ValidationInfo):
+        fault_model(value, info)
+        return value
+
     @model_validator(mode="after")
-    def _complete(self):
-        need = "bits" if self.fault == "bitflip" else "values" if self.fault not in ("zero", "sign_flip") else None
+    def _complete(self, info: ValidationInfo):
+        need = fault_model(self.fault, info).needs
         if need and len(getattr(self, need) or []) != len(self.indices):
             raise ValueError(f"fault {self.fault!r} needs `{need}` with one entry per index ({len(self.indices)})")
         if min(self.indices) < 0:
@@ -49,7 +65,8 @@ class FaultOptions(Strict):
 class FaultInjector(Hook):
     def __init__(self, options: dict):
         self.o = options
-        self.last_step = options["step"] + (options["duration"] - 1 if options["fault"] == "stuck" else 0)
+        self.model = fault_model(options["fault"])
+        self.last_step = options["step"] + (options["duration"] - 1 if self.model.lasts else 0)
         self.records: dict[str, dict] = {}
         self.handles: dict[str, object] = {}  # forward hooks of activation faults, per arm
         self.sites: dict[str, object] = {}  # per arm: the parameter or module the fault hits
@@ -150,7 +167,7 @@ class FaultInjector(Hook):
     def fault_for(self, old: torch.Tensor) -> Fault:
         """The fault model prepared for this dtype (state and activations may differ from weights)."""
         if old.dtype not in self.faults:
-            self.faults[old.dtype] = Fault(self.o["fault"], self.o["bits"], self.o["values"], old.dtype, old.device)
+            self.faults[old.dtype] = Fault(self.model, self.o, old.dtype, old.device)
         return self.faults[old.dtype]
 
     def note(self, arm, step, applied: bool, old=None, new=None, **extra) -> None:
@@ -181,4 +198,4 @@ class FaultInjector(Hook):
                      **{k: v.detach().cpu().numpy() for k, v in self.batch.items()})
 
 
-EVENTS.register("fault", EventDef(FaultOptions, FaultInjector, doc="inject one fault into every arm at one site and step"))
+register_event("fault", FaultInjector, Options=FaultOptions, doc="inject one fault into every arm at one site and step")

@@ -1,10 +1,8 @@
 """Mitigations: arm options that guard the optimizer step, measured like an optimizer.
 
-Each guard sees the step after backward and returns a verdict:
-    STEP      go on with the optimizer step (a guard may have changed the gradients)
-    SKIP      leave weights and optimizer state as they are this step
-    ROLLBACK  restore the last good state and execute the step again (once)
-and may act after the optimizer step (bounding state, taking snapshots).
+Each is a Guard (engine/hooks.py): it sees the step after backward and returns a verdict
+(STEP, SKIP or ROLLBACK), and may act after the optimizer step (bounding state, taking
+snapshots).
 
     arms:
       - {optimizer: adam, lr: 0.001, mitigations: [{kind: grad_clip, max_norm: 1.0}]}
@@ -14,32 +12,13 @@ import copy
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from pydantic import Field
 
-from ..registry import Registry
-from ..spec import Strict
-
-MITIGATIONS = Registry("mitigation")
-STEP, SKIP, ROLLBACK = "step", "skip", "rollback"
-
-
-@dataclass(frozen=True)
-class MitigationDef:
-    Options: type[Strict]
-    make: Callable[[dict], "Guard"]
-    doc: str = ""
-
-
-class Guard:
-    def verdict(self, arm, step: int, loss: float) -> str:
-        return STEP
-
-    def after_step(self, arm, step: int) -> None:
-        """The optimizer has stepped and the weights are finite."""
+from ..engine.hooks import ROLLBACK, SKIP, STEP, Guard
+from ..options import NoOptions, Strict
+from ..plugin import register_mitigation
 
 
 def grads_of(arm) -> list[torch.Tensor]:
@@ -54,11 +33,11 @@ def grad_norm(arm) -> float:
 # ---------------------------------------------------------------- none
 
 
-class NoneOptions(Strict):
-    pass
+def no_guard(options: dict) -> Guard:
+    return Guard()
 
 
-MITIGATIONS.register("none", MitigationDef(NoneOptions, lambda options: Guard(), doc="no mitigation"))
+register_mitigation("none", no_guard, doc="no mitigation")
 
 
 # ---------------------------------------------------------------- skip a non-finite step
@@ -71,8 +50,11 @@ class SkipNonFinite(Guard):
         return STEP
 
 
-MITIGATIONS.register("skip_nonfinite", MitigationDef(
-    NoneOptions, lambda options: SkipNonFinite(), doc="skip a step whose loss or gradient is NaN/Inf"))
+def skip_nonfinite(options: dict) -> Guard:
+    return SkipNonFinite()
+
+
+register_mitigation("skip_nonfinite", skip_nonfinite, Options=NoOptions, doc="skip a step whose loss or gradient is NaN/Inf")
 
 
 # ---------------------------------------------------------------- gradient clipping
@@ -91,7 +73,7 @@ class GradClip(Guard):
         return STEP
 
 
-MITIGATIONS.register("grad_clip", MitigationDef(ClipOptions, GradClip, doc="clip the gradient norm"))
+register_mitigation("grad_clip", GradClip, Options=ClipOptions, doc="clip the gradient norm")
 
 
 # ---------------------------------------------------------------- roll back on a spike
@@ -143,8 +125,8 @@ class Rollback(Guard):
         self.candidate = (copy.deepcopy(arm.model.state_dict()), copy.deepcopy(arm.optimizer.state_dict()))
 
 
-MITIGATIONS.register("rollback", MitigationDef(
-    RollbackOptions, Rollback, doc="restore the last good state and redo the step on a loss/gradient spike"))
+register_mitigation("rollback", Rollback, Options=RollbackOptions,
+                    doc="restore the last good state and redo the step on a loss/gradient spike")
 
 
 # ---------------------------------------------------------------- bound optimizer state
@@ -177,4 +159,4 @@ class BoundState(Guard):
                     value.clamp_(0.0 if squared else -limit, limit)
 
 
-MITIGATIONS.register("bound_state", MitigationDef(BoundOptions, BoundState, doc="clamp optimizer state entries"))
+register_mitigation("bound_state", BoundState, Options=BoundOptions, doc="clamp optimizer state entries")

@@ -5,22 +5,22 @@ so every arm of an experiment gets the same fault and the plan can be written do
 (`all_injection_configs.json`) before any training starts.
 """
 
-import math
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..spec import Strict
-from .models import EXPONENT_BITS, FAULTS, WIDTH
+from ..options import Strict
+from .injector import fault_model
+from .models import EXPONENT_BITS
 from .targets import STATE_KEYS, TARGETS, activation_modules
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class FaultPlanOptions(Strict):
-    fault: Literal[FAULTS] = "value"
+    fault: str = Field("value", description="a fault model (registered: bitflip, value, stuck, ...)")
     target: Literal[TARGETS] = "weights"
     layer: str | None = Field(None, description="parameter/module name; default: drawn per experiment")
     count: int = Field(16, ge=1, description="elements hit per fault")
@@ -35,6 +35,12 @@ class FaultPlanOptions(Strict):
     state: Literal[tuple(STATE_KEYS)] = "first_moment"
     window: tuple[int, int] = Field((20, 120), description="injection step drawn uniformly from [lo, hi]")
     eval_every_after: int | None = Field(None, ge=1, description="held-out evaluation cadence from the injection on")
+
+    @field_validator("fault")
+    @classmethod
+    def _known(cls, value, info: ValidationInfo):
+        fault_model(value, info)
+        return value
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -86,26 +92,8 @@ def draw_one(o: FaultPlanOptions, rng, sizes, names, dtype) -> dict:
     event = {"kind": "fault", "step": int(rng.integers(o.window[0], o.window[1] + 1)), "target": o.target,
              "tensor": tensor, "state": o.state, "indices": indices, "fault": o.fault, "bits": None,
              "values": None, "duration": o.duration, "eval_every_after": o.eval_every_after}
-    if o.fault == "bitflip":
-        event["bits"] = [draw_bits(o, rng, dtype) for _ in indices]
-    elif o.fault in ("value", "stuck"):
-        lo, hi = o.value_range
-        event["values"] = [o.value if o.value is not None else float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-                           for _ in indices]
-    elif o.fault in ("add_noise", "mul_noise"):
-        event["values"] = [float(v) for v in rng.normal(0.0, o.noise_scale, size=len(indices))]
+    event.update(fault_model(o.fault).draw(o, rng, len(indices), dtype))  # the model draws its own numbers
     return event
-
-
-def draw_bits(o: FaultPlanOptions, rng, dtype) -> list[int]:
-    if o.bit is not None:
-        if o.bit >= WIDTH[dtype]:
-            raise ValueError(f"bit {o.bit} does not exist in {dtype} ({WIDTH[dtype]} bits)")
-        return [o.bit]
-    lo, hi = o.bit_range if o.bit_range is not None else (0, WIDTH[dtype] - 1)
-    hi = min(hi, WIDTH[dtype] - 1)
-    k = min(o.bits_per_element, hi - lo + 1)
-    return sorted(int(b) for b in rng.choice(np.arange(lo, hi + 1), size=k, replace=False))
 
 
 def exponent_range(dtype: str) -> tuple[int, int]:

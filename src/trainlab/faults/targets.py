@@ -11,10 +11,6 @@ TARGETS = ("weights", "gradients", "optimizer_state", "activations")
 STATE_KEYS = {"first_moment": ("exp_avg", "momentum_buffer"), "second_moment": ("exp_avg_sq", "square_avg")}
 
 
-def parameter_shapes(model: nn.Module) -> dict[str, tuple]:
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
-
-
 def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Leaf modules (no children): their outputs are the activations a fault can hit."""
     return {name: m for name, m in model.named_modules() if name and not list(m.children())}

@@ -1,31 +1,24 @@
-"""The optimizer registry. Each entry validates its hyperparameters and builds an optimizer.
+"""Optimizers as plugins. Each validates its hyperparameters (its options model) and builds an
+optimizer for one model: `build(model, lr, options, example_inputs)`.
 
 Every optimizer is built on the parameters of one model; its param groups carry `base_lr`
-so that schedules (and later mitigations) can rescale them uniformly.
+so that schedules (and later mitigations) can rescale them uniformly. Besides the built-ins,
+any `torch.optim.Optimizer` subclass can be named by import path (`torch.optim.NAdam`,
+`my_pkg.opt:Lion`): its hyperparameters are validated against its constructor's signature.
 """
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import SpecError
-from ..registry import Registry
-from ..spec import Strict
+from ..options import Strict
+from ..plugin import REGISTRIES, Registries, register_optimizer
+from .imported import optimizer_from_path
 from .muon import Muon, split_for_muon
 from .roles import parameter_roles
-
-OPTIMIZERS = Registry("optimizer")
-
-
-@dataclass(frozen=True)
-class OptimizerDef:
-    Hparams: type[Strict]
-    build: Callable[..., torch.optim.Optimizer]  # (model, lr, hyperparameters, example inputs)
-    full_batch: bool = False  # gd: every step sees the whole training set
-    doc: str = ""
 
 
 class OptimizerGroup:
@@ -65,18 +58,18 @@ def with_base_lr(optimizer):
     return optimizer
 
 
-def build_optimizer(arm: dict, model: nn.Module, example=None):
+def build_optimizer(arm: dict, model: nn.Module, example=None, registries: Registries | None = None):
     """Build the optimizer an (resolved) arm spec describes, for `model`; `example` is a couple
     of training inputs, for optimizers that read parameter roles from a forward pass (Muon)."""
-    entry = OPTIMIZERS.get(arm["optimizer"])
-    hparams = {k: arm[k] for k in entry.Hparams.model_fields}
-    return with_base_lr(entry.build(model, arm["lr"], hparams, example))
+    plugin = (registries or REGISTRIES).optimizers.get(arm["optimizer"])
+    hparams = {k: arm[k] for k in plugin.Options.model_fields}
+    return with_base_lr(plugin.target(model, arm["lr"], hparams, example))
 
 
 # ---------------------------------------------------------------- entries
 
 
-class SGDHparams(Strict):
+class SGDOptions(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
     dampening: float = Field(0.0, ge=0, le=1)
@@ -93,12 +86,12 @@ def _sgd(model, lr, hp, example=None):
     return torch.optim.SGD(model.parameters(), lr=lr, **hp)
 
 
-OPTIMIZERS.register("sgd", OptimizerDef(SGDHparams, _sgd, doc="stochastic gradient descent on minibatches"))
-OPTIMIZERS.register("gd", OptimizerDef(SGDHparams, _sgd, full_batch=True,
-                                       doc="gradient descent: SGD on the whole training set each step"))
+register_optimizer("sgd", _sgd, Options=SGDOptions, doc="stochastic gradient descent on minibatches")
+register_optimizer("gd", _sgd, Options=SGDOptions, full_batch=True,
+                   doc="gradient descent: SGD on the whole training set each step")
 
 
-class AdamHparams(Strict):
+class AdamOptions(Strict):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
@@ -106,7 +99,7 @@ class AdamHparams(Strict):
     amsgrad: bool = False
 
 
-class AdamWHparams(AdamHparams):
+class AdamWOptions(AdamOptions):
     weight_decay: float = Field(0.01, ge=0)
 
 
@@ -117,12 +110,11 @@ def _adam_like(cls):
     return build
 
 
-OPTIMIZERS.register("adam", OptimizerDef(AdamHparams, _adam_like(torch.optim.Adam), doc="Adam (L2 weight decay)"))
-OPTIMIZERS.register("adamw", OptimizerDef(AdamWHparams, _adam_like(torch.optim.AdamW),
-                                          doc="AdamW (decoupled weight decay)"))
+register_optimizer("adam", _adam_like(torch.optim.Adam), Options=AdamOptions, doc="Adam (L2 weight decay)")
+register_optimizer("adamw", _adam_like(torch.optim.AdamW), Options=AdamWOptions, doc="AdamW (decoupled weight decay)")
 
 
-class RMSpropHparams(Strict):
+class RMSpropOptions(Strict):
     alpha: float = Field(0.99, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -130,11 +122,14 @@ class RMSpropHparams(Strict):
     centered: bool = False
 
 
-OPTIMIZERS.register("rmsprop", OptimizerDef(
-    RMSpropHparams, lambda model, lr, hp, example=None: torch.optim.RMSprop(model.parameters(), lr=lr, **hp), doc="RMSprop"))
+def _rmsprop(model, lr, hp, example=None):
+    return torch.optim.RMSprop(model.parameters(), lr=lr, **hp)
 
 
-class MuonHparams(Strict):
+register_optimizer("rmsprop", _rmsprop, Options=RMSpropOptions, doc="RMSprop")
+
+
+class MuonOptions(Strict):
     momentum: float = Field(0.95, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(0.1, ge=0)
@@ -208,6 +203,7 @@ def describe_roles(roles) -> str:
     return ", ".join(f"{role} {n:,}" for role, n in count_roles(roles).items()) or "none"
 
 
-OPTIMIZERS.register("muon", OptimizerDef(MuonHparams, _muon,
-                                         doc="Muon on the hidden weight matrices (by role), AdamW (lr * adamw_lr_ratio) "
-                                             "on embeddings, head, norms, biases and the rest"))
+register_optimizer("muon", _muon, Options=MuonOptions,
+                   doc="Muon on the hidden weight matrices (by role), AdamW (lr * adamw_lr_ratio) on embeddings, "
+                       "head, norms, biases and the rest")
+REGISTRIES.optimizers.resolver = optimizer_from_path  # any torch.optim.Optimizer subclass, by import path

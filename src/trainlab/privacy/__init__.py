@@ -1,5 +1,5 @@
 """DP-SGD: per-sample clipping engines that agree, accounting, and the consistency suite."""
 
-from .engine import MODES, DPEngine, StepResult, clip_factors, per_sample_loss
+from .engine import CLIPPING, MODES, DPEngine, StepResult, clip_factors, per_sample_loss
 
-__all__ = ["MODES", "DPEngine", "StepResult", "clip_factors", "per_sample_loss"]
+__all__ = ["CLIPPING", "MODES", "DPEngine", "StepResult", "clip_factors", "per_sample_loss"]

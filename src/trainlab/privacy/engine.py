@@ -52,6 +52,7 @@ from .rules import rule_of
 from .rules.linear import LinearRule
 
 MODES = ("no_dp", "per_sample", "ghost", "bk", "flash", "fused")
+CLIPPING = ("flat", "per_layer")
 HOOK_MODES = ("ghost", "bk", "flash", "fused")
 STABILITY = 1e-6  # in the clip factor min(1, C / (norm + 1e-6))
 
@@ -105,8 +106,8 @@ class DPEngine:
                  cache_elements: int = 2**28):
         if mode not in MODES:
             raise UserError(f"mode: unknown DP mode {mode!r} (allowed: {', '.join(MODES)})")
-        if clipping not in ("flat", "per_layer"):
-            raise UserError(f"clipping: must be flat or per_layer, got {clipping!r}")
+        if clipping not in CLIPPING:
+            raise UserError(f"clipping: must be {' or '.join(CLIPPING)}, got {clipping!r}")
         if max_grad_norm <= 0 or noise_multiplier < 0:
             raise UserError("max_grad_norm must be > 0 and noise_multiplier >= 0")
         self.model, self.mode, self.C, self.sigma = model, mode, float(max_grad_norm), float(noise_multiplier)
@@ -115,6 +116,7 @@ class DPEngine:
         self.tile, self.cache_elements = tile, cache_elements
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.layers = owning_layers(model)
+        self.rules = {name: rule_of(module) for name, module in model.named_modules()}  # looked up once
         self.layouts: set = set()  # input shapes whose batch dimension has been established
         self.verified: set = set()  # modules whose rule has been checked against autograd
         self.sharded = any(is_sharded(p) for _, p in self.params)
@@ -213,8 +215,8 @@ class DPEngine:
         records = {}
         second = self.mode == "ghost" and self.clipping == "flat" and not self.sharded
         budget = Budget(None if second else self.cache_elements)
-        with capture(self.model, records, fused=self.mode == "fused", method=self.norm_method, tile=self.tile,
-                     budget=budget):
+        with capture(self.model, self.rules, records, fused=self.mode == "fused", method=self.norm_method,
+                     tile=self.tile, budget=budget):
             output = self.model(inputs)
         losses = loss_fn(output, targets)
         self._check_exact(inputs, records, losses)
@@ -342,14 +344,15 @@ class capture:
     output on its first call and refuses a second (a fused Linear also computes its norms in
     backward)."""
 
-    def __init__(self, model: nn.Module, records: dict, fused: bool, method: str, tile: int, budget: Budget):
-        self.model, self.records, self.fused, self.method, self.tile = model, records, fused, method, tile
+    def __init__(self, model: nn.Module, rules: dict, records: dict, fused: bool, method: str, tile: int,
+                 budget: Budget):
+        self.model, self.rules, self.records, self.fused, self.method, self.tile = model, rules, records, fused, method, tile
         self.budget = budget
         self.handles, self.patched = [], []
 
     def __enter__(self):
         for name, module in self.model.named_modules():
-            rule = rule_of(module)
+            rule = self.rules.get(name)
             keys = tuple(n for n, p in module.named_parameters(recurse=False) if p.requires_grad)
             if rule is None or not keys:
                 continue

@@ -1,7 +1,7 @@
-"""Probes: measurements with a cadence, recorded in the trial's metrics stream."""
+"""Probes: measurements with a cadence, recorded in the trial's metrics stream (plugins)."""
 
 from .blobs import BlobsProbe, blob_metrics
+from .cadence import probe_every
 from .norms import NormsProbe
-from .registry import PROBES, ProbeDef, probe_every
 
-__all__ = ["BlobsProbe", "NormsProbe", "PROBES", "ProbeDef", "blob_metrics", "probe_every"]
+__all__ = ["BlobsProbe", "NormsProbe", "blob_metrics", "probe_every"]

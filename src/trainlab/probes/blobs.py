@@ -17,8 +17,9 @@ from pydantic import Field
 
 from ..engine.hooks import Hook
 from ..errors import SpecError
-from ..spec import Strict
-from .registry import PROBES, ProbeDef, probe_every
+from ..options import Strict
+from ..plugin import register_probe
+from .cadence import probe_every
 
 
 class BlobsOptions(Strict):
@@ -112,4 +113,4 @@ class BlobsProbe(Hook):
                 trial.log({"kind": "probe", "probe": "blobs", "arm": arm.name, "step": step, **metrics})
 
 
-PROBES.register("blobs", ProbeDef(BlobsOptions, BlobsProbe, doc="weight-pair clusters (DBSCAN), correlation, GMM"))
+register_probe("blobs", BlobsProbe, Options=BlobsOptions, doc="weight-pair clusters (DBSCAN), correlation, GMM")

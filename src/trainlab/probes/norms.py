@@ -4,8 +4,9 @@ import torch
 from pydantic import Field
 
 from ..engine.hooks import Hook
-from ..spec import Strict
-from .registry import PROBES, ProbeDef, probe_every
+from ..options import Strict
+from ..plugin import register_probe
+from .cadence import probe_every
 
 
 class NormsOptions(Strict):
@@ -50,4 +51,4 @@ class NormsProbe(Hook):
         trial.log(record)
 
 
-PROBES.register("norms", ProbeDef(NormsOptions, NormsProbe, doc="weight/gradient norms and update ratios"))
+register_probe("norms", NormsProbe, Options=NormsOptions, doc="weight/gradient norms and update ratios")

@@ -18,8 +18,12 @@ from ..analysis.sweep import sweep_frame
 from ..analysis.tables import load_summaries
 from ..errors import UserError
 from ..report.markdown import build_report
-from ..report.registry import REPORTS, ReportDef
-from ..study.store import StudyStore, atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
+from ..plugin import register_command, register_report
+from ..report.plotting import pyplot
+from ..study import resume_study, run_study
+from ..study.store import StudyStore
+from .flags import Command, add_common, add_sets, add_workers, executor_of
 
 LEGACY_GRID = {"muon_lr": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3], "adamw_lr_ratio": [0.01, 0.05, 0.1, 0.2, 0.5],
                "momentum": [0.9, 0.95, 0.99], "weight_decay": [0.01, 0.1, 0.5]}
@@ -44,8 +48,6 @@ def build_spec(quick: bool = False, preset: str = "moe-tiny", steps: int = 50, b
 
 
 def build_ablation_report(study_dir) -> Path:
-    from ..report.plotting import pyplot
-
     plt = pyplot()
     report = build_report(study_dir)
     store = StudyStore.open(study_dir)
@@ -93,4 +95,48 @@ def analyze_only(results_dir: str | Path) -> Path:
     return build_ablation_report(path)
 
 
-REPORTS.register("ablation", ReportDef(build_ablation_report, doc="sweep analysis of the Muon ablation"))
+register_report("ablation", build_ablation_report, doc="sweep analysis of the Muon ablation")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="4 trials of 20 steps on a small corpus")
+    parser.add_argument("--max-experiments", type=int, metavar="N", help="a seeded random subset of N grid points")
+    parser.add_argument("--preset", default="moe-tiny", help="moe-tiny or moe-384")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output-root", default="runs", metavar="DIR")
+    parser.add_argument("--analyze-only", action="store_true", help="rebuild the analysis of --results-dir; no training")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="an existing ablation study: analyse it (--analyze-only) or finish its unfinished trials")
+    add_sets(parser)
+    add_workers(parser)
+    add_common(parser)
+
+
+def run_command(args) -> int:
+    if args.analyze_only:
+        if not args.results_dir:
+            raise UserError("--analyze-only needs --results-dir DIR (the study to analyse)")
+        print(analyze_only(args.results_dir))
+        return 0
+    executor = executor_of(args)
+    if args.results_dir:  # run again into an existing study: finished trials are skipped
+        print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
+        return 0
+    for flag in ("steps", "batch_size", "eval_every"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
+    if args.max_experiments is not None and args.max_experiments < 1:
+        raise UserError("--max-experiments: must be at least 1")
+    spec = build_spec(args.quick, args.preset, args.steps, args.batch_size, args.eval_every, args.seed,
+                      args.max_experiments, args.output_root)
+    print(run_study(spec, args.sets, quiet=args.quiet, executor=executor))
+    return 0
+
+
+register_command("ablation", Command("Muon hyperparameter ablation on the MoE language model", arguments, run_command))

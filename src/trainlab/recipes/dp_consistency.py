@@ -31,10 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.mnist import load_mnist
+from ..data.paths import find_data_file
 from ..errors import UserError, check_known
+from ..io import atomic_write_json, atomic_write_text
+from ..models.zoo import MODEL_NAMES, zoo_model
 from ..privacy import MODES, DPEngine, per_sample_loss
 from ..privacy.engine import as_dtype
-from ..study.store import atomic_write_json, atomic_write_text
+from ..plugin import register_command
+from ..report.plotting import pyplot
+from .flags import Command, add_common
 
 IGNORE = -100
 THRESHOLDS = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -67,8 +73,6 @@ def lm_batches(text_tokens: torch.Tensor, steps: int, batch: int, seq: int, voca
 
 def text_tokens(generator) -> tuple[torch.Tensor, str]:
     """Bytes of tiny-shakespeare when it is in the data directory, else seeded random bytes."""
-    from ..data.paths import find_data_file
-
     path = find_data_file(["input.txt", "tinyshakespeare.txt"], ["tinyshakespeare", "shakespeare"])
     if path is not None:
         return torch.tensor(list(path.read_bytes()[:200_000]), dtype=torch.long), f"tiny-shakespeare bytes ({path})"
@@ -76,77 +80,20 @@ def text_tokens(generator) -> tuple[torch.Tensor, str]:
 
 
 def build_problem(name: str, steps: int, batch: int, seq: int, seed: int) -> Problem:
-    from ..models.cnn import PlainCNN
-    from ..models.gpt import GPT, GPTConfig
-    from ..models.llama import Llama, llama_config
-
+    """A zoo model (models/zoo.py) and `steps` batches for it: text windows for the language
+    models, offline MNIST digits for the CNN."""
+    check_known("--model", "model", [name], MODEL_NAMES)
     generator = torch.Generator().manual_seed(seed)
-    gpts = {"gpt-tiny": dict(n_layer=2, n_head=2, n_embd=32, mlp_ratio=4),
-            "gpt-small": dict(n_layer=4, n_head=4, n_embd=128, mlp_ratio=4),
-            "gpt-256": dict(n_layer=4, n_head=4, n_embd=256, mlp_ratio=4, bias=True),
-            "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, mlp_ratio=4, bias=True)}
-    if name in gpts:
-        vocab = 50257 if name == "gpt2-small" else 256
-        tokens, source = text_tokens(generator)
-        return Problem(name, lambda: GPT(GPTConfig(vocab_size=vocab, block_size=seq, **gpts[name])),
-                       lm_batches(tokens, steps, batch, seq, 256, generator), source)
-    if name.startswith("llama-"):
-        try:
-            cfg = llama_config(name, max_seq_len=max(seq, 8))
-        except ValueError as err:
-            raise UserError(f"--model: {err}") from None
-        tokens, source = text_tokens(generator)
-        return Problem(name, lambda: Llama(cfg), lm_batches(tokens, steps, batch, seq, min(256, cfg.vocab_size),
-                                                             generator), source)
-    if name.startswith("hf-"):
-        make = hf_model(name)
-        tokens, source = text_tokens(generator)
-        return Problem(name, make, lm_batches(tokens, steps, batch, seq, 256, generator), source)
-    if name == "cnn":
-        from ..data.mnist import load_mnist
-
+    try:
+        make, vocab = zoo_model(name, seq)
+    except ValueError as err:
+        raise UserError(f"--model {name}: {err}") from None
+    if vocab is None:  # the CNN
         data = load_mnist("offline", 4000, 1000)
         picks = [torch.randint(0, len(data.train.labels), (batch,), generator=generator) for _ in range(steps)]
-        return Problem(name, lambda: PlainCNN(), [(data.train.images[i], data.train.labels[i]) for i in picks],
-                       data.source)
-    raise UserError(f"--model: unknown model {name!r} (allowed: {', '.join(MODEL_NAMES)})")
-
-
-MODEL_NAMES = ("gpt-tiny", "gpt-small", "gpt-256", "gpt2-small", "llama-tiny", "llama-small", "llama-3.2-1b", "cnn",
-               "hf-llama", "hf-gpt2")
-
-
-class HuggingFaceLM(nn.Module):
-    """A `transformers` causal LM built from a config, called with one row of position ids per
-    sample (so per-sample rules see each sample's position embeddings) and returning logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        B, T = tokens.shape
-        positions = torch.arange(T, device=tokens.device).expand(B, T)
-        return self.model(input_ids=tokens, position_ids=positions, use_cache=False).logits
-
-
-def hf_model(name: str):
-    """Small random-init Hugging Face models (needs `pip install 'trainlab[hf]'`); untied heads."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError(f"--model {name}: needs Hugging Face transformers: pip install 'trainlab[hf]'") from None
-    transformers.logging.set_verbosity_error()
-    if name == "hf-llama":
-        config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                          tie_word_embeddings=False, attn_implementation="eager")
-        return lambda: HuggingFaceLM(transformers.LlamaForCausalLM(config))
-    config = transformers.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-                                     tie_word_embeddings=False, attn_implementation="eager", bos_token_id=0,
-                                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # modes compare
-    # exactly only without dropout: vmap draws its own masks
-    return lambda: HuggingFaceLM(transformers.GPT2LMHeadModel(config))
+        return Problem(name, make, [(data.train.images[i], data.train.labels[i]) for i in picks], data.source)
+    tokens, source = text_tokens(generator)
+    return Problem(name, make, lm_batches(tokens, steps, batch, seq, min(256, vocab), generator), source)
 
 
 def linear_norms(model: nn.Module) -> dict:
@@ -283,8 +230,6 @@ def summary_markdown(summary: dict, problems: list[Problem]) -> str:
 
 
 def figures(root: Path, runs_by_model: dict) -> None:
-    from ..report.plotting import pyplot
-
     plt = pyplot()
     (root / "figures").mkdir(exist_ok=True)
     for model, regimes in runs_by_model.items():
@@ -304,3 +249,33 @@ def figures(root: Path, runs_by_model: dict) -> None:
         fig.tight_layout()
         fig.savefig(root / "figures" / f"{model}.png", dpi=90)
         plt.close(fig)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--modes", nargs="+", default=list(MODES), metavar="MODE",
+                        help=f"{' '.join(MODES)} (default: all)")
+    parser.add_argument("--model", nargs="+", default=["gpt-tiny", "llama-tiny"], metavar="NAME",
+                        help=" ".join(MODEL_NAMES))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dtype", default="float64", help="float64 (threshold 1e-10) or float32 (1e-5)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--output-root", default="runs", metavar="DIR")
+    add_common(parser)
+
+
+def run_command(args) -> int:
+    root = run_suite(args.model, args.modes, args.steps, args.seed, args.dtype, args.batch_size, args.seq_len,
+                     output_root=args.output_root, quiet=args.quiet)
+    summary = (root / "summary.md").read_text()
+    print(summary)
+    print(root)
+    return 0 if "# DP consistency: PASS" in summary else 1
+
+
+register_command("dp-consistency", Command("prove the DP-SGD clipping modes agree (regimes A and B)", arguments,
+                                           run_command))

@@ -20,15 +20,21 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from ..curvature import HessianOperator, exact_hessian, top_eigenpairs
 from ..engine import Hook, Trial
 from ..engine.ensemble import run_ensemble
-from ..errors import UserError
-from ..probes.hessian import HessianOperator, exact_hessian, top_eigenpairs
-from ..spec import Strict, load_spec
-from ..study.store import MetricsWriter, atomic_write_json
+from ..errors import UserError, spec_error_from_pydantic
+from ..io import atomic_write_json
+from ..options import Strict
+from ..plugin import register_command
+from ..report.plotting import pyplot
+from ..spec import load_spec, parse_set, set_path
+from ..study.store import MetricsWriter
+from .flags import Command, add_common, add_sets
 
 STAGES = {1: "stage1_sgd", 2: "stage2_gd", 3: "stage3_hessian", 4: "stage4_runs", 5: "stage5_gd", 6: "stage6_val_loss"}
 
@@ -77,18 +83,12 @@ SETUPS = {
 def setup_of(number: int, sets: list[str]) -> DynamicsSetup:
     if number not in SETUPS:
         raise UserError(f"--setup {number}: allowed setups are {', '.join(map(str, SETUPS))}")
-    from pydantic import ValidationError
-
-    from ..spec import parse_set, set_path
-
     data = {"setup": number, **json.loads(json.dumps(SETUPS[number]))}
     for assignment in sets:
         set_path(data, *parse_set(assignment))
     try:
         return DynamicsSetup.model_validate(data)
     except ValidationError as err:
-        from ..errors import spec_error_from_pydantic
-
         raise spec_error_from_pydantic(err, model=DynamicsSetup) from None
 
 
@@ -197,10 +197,7 @@ def stage5(s: DynamicsSetup, root: Path) -> None:
 
 
 def stage6(s: DynamicsSetup, root: Path) -> None:
-    from ..report.plotting import pyplot
-
     plt = pyplot()
-    import pandas as pd
 
     folder = root / STAGES[6]
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,3 +288,25 @@ def run_pipeline(s: DynamicsSetup, root: Path, stages: list[int], force: bool = 
         RUNNERS[stage](s, root)
         (root / STAGES[stage] / ".done").write_text("")
     return root
+
+
+# ---------------------------------------------------------------- the command
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--setup", type=int, required=True, help="preset 1-8")
+    parser.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K", help="stages to run (default all)")
+    parser.add_argument("--force", action="store_true", help="run stages again even when their outputs exist")
+    parser.add_argument("--output-root", default="runs", metavar="DIR")
+    add_sets(parser, "change a setup field, e.g. --set stage1_epochs=1 --set runs=50")
+    add_common(parser)
+
+
+def run_command(args) -> int:
+    setup = setup_of(args.setup, args.sets)
+    root = Path(args.output_root) / f"dynamics-setup{args.setup}"
+    print(run_pipeline(setup, root, args.stage or [1, 2, 3, 4, 5, 6], args.force))
+    return 0
+
+
+register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments, run_command))

@@ -25,14 +25,20 @@ import pandas as pd
 
 from ..analysis.recovery import aggregate, early_vs_late, head_to_head, recovery_metrics
 from ..data.paths import find_data_file
+from pydantic import ValidationError
+
 from ..engine import MemorySink, Trial
-from ..errors import UserError
+from ..errors import SpecError, UserError
+from ..faults import STATE_KEYS, TARGETS
 from ..faults.plan import FaultPlanOptions, draw_plan, exponent_range, site_sizes
+from ..io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..plugin import REGISTRIES, register_command, register_report, registries
 from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visualizations
 from ..report.markdown import fmt, markdown_table
-from ..report.registry import REPORTS, ReportDef
 from ..spec import load_spec, resolve
-from ..study.store import StudyStore, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..study.runner import run_study
+from ..study.store import StudyStore
+from .flags import Command, add_common, add_plugins, add_workers, executor_of
 
 INJECTION_KEYS = ("step", "target", "tensor", "state", "indices", "fault", "bits", "values", "duration",
                   "eval_every_after")
@@ -50,7 +56,7 @@ def default_source() -> str:
 def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("adam", "sgd", "rmsprop", "adamw"),
                seed=42, learning_rate=0.001, task="mnist-cnn", mitigations=("none",), plan_options=None,
                batch_size=64, eval_every=5, eval_every_before=25, dtype="float32", device="cpu", name="fault-recovery",
-               output_root="runs", sets=()) -> tuple[dict, list[dict]]:
+               output_root="runs", sets=(), plugins=()) -> tuple[dict, list[dict]]:
     """The study spec (one sweep point per experiment) and the injection plan it contains."""
     task_spec = {"name": task}
     if task.startswith("mnist"):
@@ -68,7 +74,7 @@ def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("ad
     if plan_options.get("bit_range") == "exponent":
         plan_options["bit_range"] = exponent_range(dtype)
     options = FaultPlanOptions(**{"eval_every_after": eval_every, **plan_options})
-    base = {"name": name, "seed": seed, "task": task_spec, "arms": arms,
+    base = {"name": name, "seed": seed, "plugins": list(plugins), "task": task_spec, "arms": arms,
             "plan": {"steps": options.window[1] + steps_after_injection, "batch_size": batch_size,
                      "eval_every": eval_every_before, "dtype": dtype, "device": device},
             "output": {"root": output_root, "report": "fault-recovery", "trial_dir": "experiment_{index:03d}"}}
@@ -91,8 +97,6 @@ def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[d
 
 
 def run(spec: dict, quiet: bool = False, workers: int = 1, executor=None) -> Path:
-    from ..study.runner import run_study
-
     return run_study(spec, quiet=quiet, on_create=lambda store, plans: write_plan(store, plans, quiet), workers=workers,
                      executor=executor)
 
@@ -291,8 +295,8 @@ def findings(table: dict, pairs: list[dict]) -> list[str]:
     return out
 
 
-REPORTS.register("fault-recovery", ReportDef(build_final_report, on_experiment_end,
-                                             doc="fault-recovery outputs per experiment and final_report.md"))
+register_report("fault-recovery", build_final_report, on_trial_end=on_experiment_end,
+                doc="fault-recovery outputs per experiment and final_report.md")
 
 
 # ---------------------------------------------------------------- replay
@@ -336,3 +340,115 @@ def _diff(a, b, path="") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
     same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
     return [] if same else [path]
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--num-experiments", type=int, default=10, metavar="N")
+    parser.add_argument("--steps-after-injection", type=int, default=100, metavar="N")
+    parser.add_argument("--optimizers", nargs="+", default=["adam", "sgd", "rmsprop", "adamw"], metavar="OPT")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--learning-rate", type=float, default=0.001, metavar="LR")
+    parser.add_argument("--task", default="mnist-cnn")
+    parser.add_argument("--fault", default="value", help=f"a fault model: {', '.join(REGISTRIES.fault_models.names())}")
+    parser.add_argument("--target", default="weights", help=", ".join(TARGETS))
+    parser.add_argument("--mitigations", nargs="+", default=["none"], metavar="M",
+                        help=f"{', '.join(REGISTRIES.mitigations.names())}: one arm per optimizer x mitigation")
+    parser.add_argument("--injection-window", default="20:120", metavar="LO:HI", help="steps the injection is drawn from")
+    parser.add_argument("--layer", help="parameter (or module, for activations) to hit; default: drawn per experiment")
+    parser.add_argument("--count", type=int, default=16, help="elements hit per fault")
+    parser.add_argument("--scattered", action="store_true", help="hit scattered elements instead of contiguous ones")
+    parser.add_argument("--bit", type=int, help="bitflip: this bit")
+    parser.add_argument("--bit-range", metavar="LO:HI|exponent", help="bitflip: a bit drawn from this range")
+    parser.add_argument("--bits-per-element", type=int, default=1)
+    parser.add_argument("--value", type=float, help="value/stuck: this value (default: log-uniform in --value-range)")
+    parser.add_argument("--value-range", default="3.6e2:1.2e8", metavar="LO:HI")
+    parser.add_argument("--noise-scale", type=float, default=0.1)
+    parser.add_argument("--duration", type=int, default=1, help="stuck: steps")
+    parser.add_argument("--state", default="first_moment", help=f"optimizer_state: {' or '.join(STATE_KEYS)}")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation cadence from the injection on")
+    parser.add_argument("--eval-every-before", type=int, default=25, help="held-out evaluation cadence before it")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--name", default="fault-recovery")
+    parser.add_argument("--output-root", default="runs", metavar="DIR")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field of the study spec, e.g. --set task.n_train=2000")
+    add_workers(parser)
+    add_common(parser)
+    add_plugins(parser)
+
+
+def parse_range(flag: str, text: str, kind=float) -> tuple:
+    try:
+        lo, hi = (kind(part) for part in text.split(":"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected LO:HI, e.g. {'20:120' if kind is int else '1e2:1e8'}") from None
+    return lo, hi
+
+
+def run_command(args) -> int:
+    executor = executor_of(args)
+    found = registries(args.plugins)
+    for flag, names, registry in (("--optimizers", args.optimizers, found.optimizers),
+                                  ("--mitigations", args.mitigations, found.mitigations), ("--task", [args.task], found.tasks)):
+        for name in names:
+            try:
+                registry.get(name)
+            except SpecError as err:
+                raise UserError(f"{flag}: {err.message}") from None
+    for flag in ("num_experiments", "steps_after_injection", "count", "batch_size", "eval_every", "eval_every_before"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
+    plan = {"fault": args.fault, "target": args.target, "layer": args.layer, "count": args.count,
+            "contiguous": not args.scattered, "bit": args.bit, "bits_per_element": args.bits_per_element,
+            "value": args.value, "value_range": parse_range("--value-range", args.value_range),
+            "noise_scale": args.noise_scale, "duration": args.duration, "state": args.state,
+            "window": parse_range("--injection-window", args.injection_window, int)}
+    if args.bit_range:
+        plan["bit_range"] = "exponent" if args.bit_range == "exponent" else parse_range("--bit-range", args.bit_range, int)
+    try:
+        spec, _ = build_spec(
+            num_experiments=args.num_experiments, steps_after_injection=args.steps_after_injection,
+            optimizers=args.optimizers, seed=args.seed, learning_rate=args.learning_rate, task=args.task,
+            mitigations=args.mitigations, plan_options=plan, batch_size=args.batch_size, eval_every=args.eval_every,
+            eval_every_before=args.eval_every_before,
+            dtype=args.dtype, device=args.device, name=args.name, output_root=args.output_root, sets=args.sets,
+            plugins=args.plugins)
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = str(first["loc"][0]) if first["loc"] else next(
+            (f for f in ("window", "value_range", "bit_range") if message.startswith(f)), "fault")
+        flag = {"window": "--injection-window"}.get(field, f"--{field.replace('_', '-')}")
+        raise UserError(f"{flag}: {message}") from None
+    print(run(spec, quiet=args.quiet, executor=executor))
+    return 0
+
+
+def fault_arguments(parser) -> None:
+    tools = parser.add_subparsers(dest="fault_command", metavar="COMMAND", required=True)
+    replay_parser = tools.add_parser("replay", help="re-run one experiment and check it reproduces its results exactly")
+    replay_parser.add_argument("experiment_dir")
+    add_common(replay_parser)
+
+
+def replay_command(args) -> int:
+    ok, problems = replay(args.experiment_dir)
+    if ok:
+        print(f"{args.experiment_dir}: replay reproduces results.json, the realised fault values and the "
+              "injection batch exactly")
+        return 0
+    for problem in problems:
+        print(f"{args.experiment_dir}: {problem}")
+    return 1
+
+
+register_command("fault-recovery", Command(
+    "which optimizer recovers from the same injected fault?", arguments, run_command,
+    description="Train optimizers in lock-step, hit them all with the same fault at the same site and step, and "
+                "measure recovery on the held-out split."))
+register_command("fault", Command("fault tools: replay an experiment", fault_arguments, replay_command))

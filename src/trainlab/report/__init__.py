@@ -1,6 +1,5 @@
-"""Markdown reports and figures built from stored data only."""
+"""Markdown reports and figures built from stored data only (report builders are plugins)."""
 
 from .markdown import build_report, build_study_report
-from .registry import REPORTS, ReportDef
 
-__all__ = ["REPORTS", "ReportDef", "build_report", "build_study_report"]
+__all__ = ["build_report", "build_study_report"]

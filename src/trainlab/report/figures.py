@@ -1,9 +1,12 @@
 """Figures for reports (matplotlib, Agg backend: no display needed)."""
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ..analysis.sweep import value_order, short_label, levels
 from .plotting import pyplot
 
 
@@ -36,3 +39,23 @@ def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) -> None:
+    plt = pyplot()
+    cols = min(3, len(fields))
+    rows = math.ceil(len(fields) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, field in zip(axes.flat, fields):
+        present = frame[frame[field].notna()]
+        level = levels(present[field])
+        values = sorted(level.unique(), key=value_order)
+        groups = [present[level == v][metric].dropna().to_numpy() for v in values]
+        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[short_label(v) for v in values])
+        ax.set(title=field, ylabel=metric)
+        ax.tick_params(axis="x", rotation=30)
+    for ax in list(axes.flat)[len(fields):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -4,11 +4,13 @@ import json
 import math
 from pathlib import Path
 
+from ..analysis.sweep import analyse, sweep_frame
 from ..analysis.tables import arm_table, load, load_summaries
-from ..study.store import StudyStore, atomic_write_text
+from ..io import atomic_write_text
+from ..plugin import Registries, register_report
+from ..study.store import StudyStore
 from ..tasks import perplexity
-from .figures import curves_figure
-from .registry import REPORTS, ReportDef
+from .figures import curves_figure, effects_figure
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -30,12 +32,17 @@ def mean_std(row, metric: str) -> str:
     return fmt(mean) if row["trials"] < 2 else f"{fmt(mean)} ± {fmt(std, 2)}"
 
 
-def build_study_report(study_dir: str | Path) -> Path | None:
+def build_study_report(study_dir: str | Path, registries: Registries | None = None) -> Path | None:
     """Rebuild a study's report with the builder its spec names (output.report)."""
-    from .. import plugins  # recipes register their reports when the registries load
-
     store = StudyStore.open(study_dir)
-    return plugins.reports.get(store.spec["output"]["report"]).build(store.root)
+    registries = registries or store.registries()
+    return registries.reports.get(store.spec["output"]["report"]).target(store.root)
+
+
+def language_model(store: StudyStore) -> bool:
+    """Whether the study's task is a language model (perplexity columns)."""
+    task = store.registries().tasks.get(store.spec["task"]["name"]).target
+    return bool(getattr(task, "language_model", False))
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -68,9 +75,7 @@ def build_report(study_dir: str | Path) -> Path:
         rows = [[r["arm"], mean_std(r, "final_train_loss"), mean_std(r, "final_test_loss"),
                  mean_std(r, "final_test_accuracy"), mean_std(r, "best_test_accuracy"), f"{r['diverged']}/{r['trials']}",
                  mean_std(r, "time_s")] for _, r in table.iterrows()]
-        from .. import plugins
-
-        if plugins.tasks.get(spec["task"]["name"]).language_model:
+        if language_model(store):
             headers.insert(3, "held-out perplexity")
             for row, (_, r) in zip(rows, table.iterrows()):
                 row.insert(3, perplexity(r["final_test_loss_mean"]))
@@ -87,14 +92,10 @@ def build_report(study_dir: str | Path) -> Path:
 
 def _sweep(store: StudyStore, summaries) -> list[str]:
     """Hyperparameter effects, when the study swept anything."""
-    from ..analysis.sweep import analyse, effects_figure, sweep_frame
-
     frame, fields = sweep_frame(summaries, store.meta.get("trials", []))
     if not fields:
         return []
-    from .. import plugins
-
-    language = plugins.tasks.get(store.spec["task"]["name"]).language_model
+    language = language_model(store)
     metric = "final_test_loss" if language else "final_test_accuracy"  # perplexity follows the loss
     result = analyse(frame, fields, metric=metric, higher_is_better=not language, seed=store.spec["seed"])
     if not result["fields"]:
@@ -196,5 +197,9 @@ def _samples(summaries) -> list[str]:
 
 
 
-REPORTS.register("standard", ReportDef(build_report, doc="report.md: arms table and loss/accuracy curves"))
-REPORTS.register("none", ReportDef(lambda study_dir: None, doc="no report"))
+def no_report(study_dir) -> None:
+    return None
+
+
+register_report("standard", build_report, doc="report.md: arms table and loss/accuracy curves")
+register_report("none", no_report, doc="no report")

@@ -10,14 +10,22 @@ ray     trials as Ray tasks (`--executor ray [--address HOST:PORT]`), each askin
         (and a GPU when its spec trains on cuda). A task trains in a scratch folder on its
         node and returns the trial's files; this process writes them into the study, so the
         cluster needs no shared filesystem. Without --address a local Ray instance with
-        N workers is started for the study.
+        N workers is started for the study. The study's plugin modules travel with each
+        task (Ray's runtime_env py_modules), so the cluster needs none of the user's files.
 
-Every trial is deterministic, so all three give the same numbers.
+Every trial is deterministic, so all three give the same numbers. Every worker fills its
+plugin registries as the driver did (built-ins, entry points, the spec's `plugins:`). An
+error inside a trial is recorded as that trial's failure in every executor (trial.py).
+Hooks given from Python run inside the training process (they are pickled to workers);
+sinks get each trial's records in this process (live inline, when the trial ends elsewhere).
 """
 
+import importlib.util
 import multiprocessing as mp
 import os
+import site
 import sys
+import sysconfig
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..io import read_jsonl
+from .store import StudyStore
+from .trial import Extras, run_trial
 
 KINDS = ("inline", "pool", "ray")
 
@@ -52,23 +64,40 @@ class ExecutorOptions:
         return "pool" if self.workers > 1 and trials > 1 else "inline"
 
 
-def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Callable, total: int) -> None:
+def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Callable, total: int,
+               extras: Extras | None = None) -> None:
     kind = options.resolved_kind(len(plans))
+    extras = extras or Extras()
     if not plans:
         return
+    if kind == "inline":
+        run_inline(store, plans, total, quiet, on_done, extras)
+        return
+    elsewhere = Extras(hooks=extras.hooks)  # sinks stay here: they get each trial's records when it ends
+
+    def done(plan) -> None:
+        replay_records(store, plan, extras.sinks)
+        on_done(plan)
+
     if kind == "ray":
-        run_on_ray(store, plans, options.workers, options.address, quiet, on_done)
-    elif kind == "pool":
-        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, on_done)
+        run_on_ray(store, plans, options.workers, options.address, quiet, done, elsewhere)
     else:
-        run_inline(store, plans, total, quiet, on_done)
+        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, done, elsewhere)
 
 
-def run_inline(store, plans, total: int, quiet: bool, on_done: Callable) -> None:
-    from .runner import run_trial
+def replay_records(store, plan, sinks: list) -> None:
+    if not sinks:
+        return
+    for record in read_jsonl(store.trial_dir(plan.index) / "metrics.jsonl"):
+        for sink in sinks:
+            sink.log({"trial": plan.index, **record})
+    for sink in sinks:
+        sink.flush()
 
+
+def run_inline(store, plans, total: int, quiet: bool, on_done: Callable, extras: Extras) -> None:
     for plan in plans:
-        run_trial(store, plan, total, quiet)
+        run_trial(store, plan, total, quiet, extras)
         on_done(plan)
 
 
@@ -83,7 +112,7 @@ def trial_bar(count: int, label: str, quiet: bool):
 ATTEMPTS = 3  # a trial whose worker dies this many times is recorded as failed
 
 
-def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> None:
+def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extras: Extras) -> None:
     """Trials in a process pool. A worker that dies (killed, out of memory) breaks the pool:
     the trials it was running are tried again in a fresh pool, and a trial that has been in
     flight during ATTEMPTS such deaths is recorded as failed (failure.json) so the rest of
@@ -93,13 +122,13 @@ def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable) -> N
     todo = list(plans)
     try:
         while todo:
-            todo = _pool_round(store, todo, workers, on_done, bar, attempts)
+            todo = _pool_round(store, todo, workers, on_done, bar, attempts, extras)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: dict) -> list:
+def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: dict, extras: Extras) -> list:
     """Run `plans` until done or until the pool breaks; return the ones to try again."""
     context = mp.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads or locks
     slots = context.Value("i", 0)
@@ -107,7 +136,7 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
     with ProcessPoolExecutor(min(workers, len(plans)), mp_context=context, initializer=_start_worker,
                              initargs=(slots, worker_threads(workers))) as pool:
         for plan in plans:
-            pending[pool.submit(_run_one, str(store.root), plan)] = plan
+            pending[pool.submit(_run_one, str(store.root), plan, extras)] = plan
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -142,8 +171,6 @@ def fail(store, plan, reason: str, attempts: int) -> None:
 
 
 def _start_worker(slots, threads: int) -> None:
-    import torch
-
     with slots.get_lock():
         slot = slots.value
         slots.value += 1
@@ -152,11 +179,8 @@ def _start_worker(slots, threads: int) -> None:
         torch.cuda.set_device(slot % torch.cuda.device_count())  # "cuda" in a spec means this worker's GPU
 
 
-def _run_one(root: str, plan) -> None:
-    from .runner import run_trial
-    from .store import StudyStore
-
-    run_trial(StudyStore.open(root), plan, 0, quiet=True)
+def _run_one(root: str, plan, extras: Extras) -> None:
+    run_trial(StudyStore.open(root), plan, 0, quiet=True, extras=extras)
 
 
 RAY_RETRIES = ATTEMPTS - 1  # Ray re-runs a task whose worker died this many times
@@ -170,7 +194,7 @@ def import_ray():
     return ray
 
 
-def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable) -> None:
+def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable, extras: Extras) -> None:
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -183,19 +207,24 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
     # locally Ray counts one CPU per worker while torch gets the worker's share of the cores
     threads = worker_threads(workers) if address is None else int(os.environ.get("TRAINLAB_WORKER_THREADS") or 1)
     task = ray.remote(run_detached)
+    shipped = {"py_modules": local_modules(store.spec)} if local_modules(store.spec) else None
     bar = trial_bar(len(plans), f"ray, {workers} workers" if address is None else f"ray at {address}", quiet)
     try:
         pending = {}
         for plan in plans:
             gpus = 1 if plan.spec["plan"]["device"].startswith("cuda") else 0
-            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES)
-            pending[options.remote(plan, threads)] = plan
+            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES,
+                                   runtime_env=shipped)
+            pending[options.remote(plan, threads, extras)] = plan
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             plan = pending.pop(done[0])
             result = _ray_result(ray, done[0], plan)
-            if "failed" in result:
-                fail(store, plan, result["failed"], RAY_RETRIES + 1)
+            if "died" in result:
+                fail(store, plan, result["died"], RAY_RETRIES + 1)
+            elif result["summary"] is None:  # the trial raised: its failure.json came back with its files
+                store.adopt_trial(plan, result["files"], None)
+                on_done(plan)
             else:
                 store.adopt_trial(plan, result["files"], result["summary"])
                 on_done(plan)
@@ -211,25 +240,36 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
 def _ray_result(ray, ref, plan) -> dict:
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, UserError):
-            raise err.cause from None
-        raise
+    except ray.exceptions.RayTaskError as err:  # outside the trial itself (a trial's own errors come back as files)
+        cause = err.cause if isinstance(err.cause, BaseException) else err
+        raise UserError(f"trial {plan.index} on Ray: {' '.join(str(cause).split())[:600]}") from None
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
-        return {"failed": f"its Ray worker died after {RAY_RETRIES} retries ({type(err).__name__})"}
+        return {"died": f"its Ray worker died after {RAY_RETRIES} retries ({type(err).__name__})"}
 
 
-def run_detached(plan, threads: int) -> dict:
-    """Run one trial in a scratch folder and return its files and summary (runs on a Ray worker)."""
-    import torch
+def local_modules(spec: dict) -> list[str]:
+    """Files or package folders of the spec's plugin modules that are not installed packages:
+    Ray ships them to every worker (runtime_env py_modules)."""
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages(),
+                                              sysconfig.get_paths()["purelib"]]}
+    paths = []
+    for name in spec.get("plugins", []):
+        found = importlib.util.find_spec(name.split(".")[0])
+        if found is None or found.origin in (None, "built-in", "frozen"):
+            continue
+        path = Path(found.origin).parent if found.submodule_search_locations else Path(found.origin)
+        if not any(path.resolve().is_relative_to(root) for root in installed) and str(path) not in paths:
+            paths.append(str(path))
+    return paths
 
-    from .runner import run_trial
-    from .store import StudyStore
 
+def run_detached(plan, threads: int, extras: Extras) -> dict:
+    """Run one trial in a scratch folder and return its files and summary, None when it failed
+    (its failure.json is among the files). Runs on a Ray worker."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="trainlab-trial-") as scratch:
         store = StudyStore(Path(scratch), {"spec": plan.spec, "trials": [plan.describe()]})
-        summary = run_trial(store, plan, 0, quiet=True)
+        summary = run_trial(store, plan, 0, quiet=True, extras=extras)
         folder = store.trial_dir(plan.index)
         files = {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
                  if path.is_file() and path.name != "summary.json"}

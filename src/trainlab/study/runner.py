@@ -6,14 +6,14 @@ import math
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..engine import Trial
-from ..errors import UserError
+from ..errors import TrialsFailed, UserError
 from ..spec import load_spec
 from .executor import ExecutorOptions, run_trials
+from .optuna_search import search
 from .store import StudyStore
 from .sweep import TrialPlan, expand, plans_for
+from .trial import Extras
 
 
 def preflight(plans: list[TrialPlan]) -> None:
@@ -29,56 +29,43 @@ def preflight(plans: list[TrialPlan]) -> None:
             Trial(plan.spec)
 
 
-def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool) -> dict:
-    writer = store.start_trial(plan)
-    bar = None if quiet else tqdm(desc=f"trial {plan.index + 1}/{total}", unit="step", leave=False,
-                                  file=sys.stderr, dynamic_ncols=True)
-    try:
-        trial = Trial(plan.spec, sink=writer, artifact_dir=store.trial_dir(plan.index), progress=bar)
-        if bar is not None:
-            bar.total = trial.total_steps
-        summary = trial.run()
-    finally:
-        writer.close()
-        if bar is not None:
-            bar.close()
-    store.finish_trial(plan, summary)
-    return summary
-
-
 def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
-            executor: ExecutorOptions = ExecutorOptions()) -> None:
+            executor: ExecutorOptions = ExecutorOptions(), extras: Extras | None = None) -> None:
     if store.spec["sweep"].get("optuna"):
-        from .optuna_search import search
-
-        search(store, executor, quiet, lambda todo: run_plans(store, todo, len(todo), quiet, executor))
+        search(store, executor, quiet, lambda todo: run_plans(store, todo, len(todo), quiet, executor, extras))
         return
     todo = [plan for plan in plans if not store.finished(plan)]
     if not quiet:
         print(f"study {store.root}: {len(plans)} trial(s), {len(plans) - len(todo)} already finished", file=sys.stderr)
-    run_plans(store, todo, len(plans), quiet, executor)
+    run_plans(store, todo, len(plans), quiet, executor, extras)
 
 
-def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool, executor: ExecutorOptions) -> None:
-    report = report_of(store)
+def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool, executor: ExecutorOptions,
+              extras: Extras | None = None) -> None:
+    on_trial_end = report_of(store).trait("on_trial_end")
 
     def finished(plan: TrialPlan) -> None:  # recipe outputs are written by this process, in any executor
-        if report.on_trial_end is not None:
-            report.on_trial_end(store, plan)
+        if on_trial_end is not None and store.finished(plan):
+            on_trial_end(store, plan)
+        failure = None if store.finished(plan) else store.failure(plan)
+        if failure and not quiet:
+            print(f"trial {plan.index} failed: {failure['reason']}", file=sys.stderr)
 
-    run_trials(store, todo, executor, quiet, finished, total)
-    failed = [f for f in store.failures() if f["index"] in {plan.index for plan in todo}]
-    if failed and not quiet:
-        print(f"{len(failed)} trial(s) failed (see their failure.json); `trainlab resume {store.root}` tries them "
-              "again", file=sys.stderr)
+    run_trials(store, todo, executor, quiet, finished, total, extras)
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
-              on_create=None, workers: int = 1, executor: ExecutorOptions | None = None) -> Path:
+              on_create=None, workers: int = 1, executor: ExecutorOptions | None = None, plugins: list[str] = (),
+              hooks: list = (), sinks: list = ()) -> Path:
     """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory.
-    `on_create(store, plans)` may add files to the new study directory before any trial runs.
-    `executor` picks inline / pool / ray; `workers` alone means a pool of that many processes."""
-    spec = load_spec(spec, overrides)
+
+    `plugins` are modules added to the spec's own `plugins:`; `hooks` (trainlab.Hook objects)
+    join every trial; `sinks` (anything with log(record) and flush()) get every record with
+    its trial index. `on_create(store, plans)` may add files to the new study directory before
+    any trial runs. `executor` picks inline / pool / ray; `workers` alone means a pool of that
+    many processes. Raises TrialsFailed (a UserError) when a trial failed: the other trials
+    ran, and `resume_study` runs the failed ones again."""
+    spec = load_spec(spec, overrides, plugins=list(plugins))
     executor = executor or ExecutorOptions(workers=workers)
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
@@ -86,7 +73,7 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     with space_errors(store), store.lock():
         if on_create is not None:
             on_create(store, plans)
-        execute(store, plans, quiet, executor)
+        execute(store, plans, quiet, executor, Extras(list(hooks), list(sinks)))
         finish(store, quiet)
     return store.root
 
@@ -102,8 +89,9 @@ def first_proposal(spec: dict) -> list[TrialPlan]:
     return plans_for(spec, [{path: low_end(p) for path, p in params.items()}])[:1]
 
 
-def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, executor: ExecutorOptions | None = None) -> Path:
-    """Run only the unfinished trials of an existing study."""
+def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, executor: ExecutorOptions | None = None,
+                 hooks: list = (), sinks: list = ()) -> Path:
+    """Run only the unfinished (or failed) trials of an existing study; as run_study."""
     store = StudyStore.open(path)
     plans = expand(store.spec)
     stored = [t["key"] for t in store.meta.get("trials", [])]
@@ -111,7 +99,7 @@ def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, execut
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
     with space_errors(store), store.lock():
-        execute(store, plans, quiet, executor or ExecutorOptions(workers=workers))
+        execute(store, plans, quiet, executor or ExecutorOptions(workers=workers), Extras(list(hooks), list(sinks)))
         finish(store, quiet)
     return store.root
 
@@ -131,12 +119,14 @@ def space_errors(store: StudyStore):
 
 
 def report_of(store: StudyStore):
-    from .. import plugins  # reports import the study layer: look them up at run time
-
-    return plugins.reports.get(store.spec["output"]["report"])
+    return store.registries().reports.get(store.spec["output"]["report"])
 
 
 def finish(store: StudyStore, quiet: bool) -> None:
-    report = report_of(store).build(store.root)
+    """The report (it lists failed trials), then the failures, if any, as an error."""
+    report = report_of(store).target(store.root)
     if report is not None and not quiet:
         print(f"report: {report}", file=sys.stderr)
+    failures = store.failures()
+    if failures:
+        raise TrialsFailed(store.root, failures)

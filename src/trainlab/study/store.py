@@ -16,64 +16,22 @@ file in the same directory, are fsynced, then renamed over the target.
 import contextlib
 import datetime as dt
 import fcntl
+import importlib.metadata
 import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..plugin import Registries, registries
 from .sweep import TrialPlan
 
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` so that readers see the old file or the new one, never a part."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
-
-
-def read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a metrics stream. A torn or garbled line (a writer killed mid-append, a
-    reader racing a writer) is skipped, never fatal."""
-    records = []
-    try:
-        with open(path, "rb") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-    except FileNotFoundError:
-        pass
-    return records
+__all__ = ["MetricsWriter", "StudyStore", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
+           "read_jsonl"]
 
 
 class MetricsWriter:
@@ -107,10 +65,15 @@ def git_revision() -> str | None:
         return None
 
 
-def environment() -> dict:
-    from .. import __version__
+def version() -> str:
+    try:
+        return importlib.metadata.version("trainlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
-    return {"trainlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+
+def environment() -> dict:
+    return {"trainlab": version(), "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "git_revision": git_revision()}
 
 
@@ -122,6 +85,10 @@ class StudyStore:
     @property
     def spec(self) -> dict:
         return self.meta["spec"]
+
+    def registries(self) -> Registries:
+        """This process's registries with the study's plugins loaded (as when it was created)."""
+        return registries(self.spec.get("plugins", []), self.spec.get("plugin_path"))
 
     @classmethod
     def create(cls, spec: dict, plans: list[TrialPlan]) -> "StudyStore":
@@ -203,25 +170,38 @@ class StudyStore:
         self.meta["trials"] = self.meta.get("trials", []) + [plan.describe() for plan in plans]
         atomic_write_json(self.root / "study.json", self.meta)
 
-    def adopt_trial(self, plan: TrialPlan, files: dict[str, bytes], summary: dict) -> None:
-        """Store a trial that ran elsewhere (a Ray worker): its files, then its summary last."""
+    def adopt_trial(self, plan: TrialPlan, files: dict[str, bytes], summary: dict | None) -> None:
+        """Store a trial that ran elsewhere (a Ray worker): its files, then its summary last
+        (None for a trial that failed: its failure.json is among the files)."""
         folder = self.trial_dir(plan.index)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").unlink(missing_ok=True)
+        (folder / "failure.json").unlink(missing_ok=True)
         for name, data in files.items():
             target = (folder / name).resolve()
             if not target.is_relative_to(folder.resolve()):
                 raise UserError(f"trial {plan.index}: a worker returned a file outside its folder: {name!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, data)
-        self.finish_trial(plan, summary)
+        if summary is not None:
+            self.finish_trial(plan, summary)
 
-    def fail_trial(self, plan: TrialPlan, reason: str, attempts: int) -> None:
-        """Record why a trial could not finish (its worker kept dying); `resume` tries it again."""
+    def fail_trial(self, plan: TrialPlan, reason: str, attempts: int = 1, details: str | None = None) -> None:
+        """Record why a trial could not finish (an error, or a worker that kept dying); `resume`
+        tries it again. `details` is the traceback, when there is one."""
         folder = self.trial_dir(plan.index)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "failure.json", {"index": plan.index, "key": plan.key, "reason": reason,
-                                                    "attempts": attempts})
+        record = {"index": plan.index, "key": plan.key, "reason": reason, "attempts": attempts}
+        if details:
+            record["traceback"] = details
+        atomic_write_json(folder / "failure.json", record)
+
+    def failure(self, plan: TrialPlan) -> dict | None:
+        try:
+            failure = read_json(self.trial_dir(plan.index) / "failure.json")
+        except (OSError, ValueError):
+            return None
+        return failure if isinstance(failure, dict) and failure.get("key") == plan.key else None
 
     def failures(self) -> list[dict]:
         out = []

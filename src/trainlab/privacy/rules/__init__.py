@@ -35,44 +35,45 @@ from typing import Callable
 
 from torch import nn
 
-RULES: dict[type, type] = {}
-LOOKALIKES: list[tuple[Callable[[nn.Module], bool], type]] = []
+from ...plugin import REGISTRIES, Registries, register
 
 
-def register_rule(*module_types: type):
+def register_rule(*module_types: type, registries: Registries | None = None):
     """Class decorator: `rule` handles modules of these types (and subclasses keeping their forward)."""
-    def register(rule):
+    def add(rule):
         for module_type in module_types:
-            if module_type in RULES:
-                raise ValueError(f"a DP rule for {module_type.__name__} is already registered")
-            RULES[module_type] = rule
+            register("dp_rule", f"{module_type.__module__}.{module_type.__qualname__}", rule, registries=registries,
+                     doc=(rule.__doc__ or "").strip().splitlines()[0] if rule.__doc__ else "", module_type=module_type)
         return rule
-    return register
+    return add
 
 
-def register_lookalike(match: Callable[[nn.Module], bool], rule) -> None:
+def register_lookalike(match: Callable[[nn.Module], bool], rule, registries: Registries | None = None) -> None:
     """A rule for modules recognised by `match` (classes this package cannot import)."""
-    LOOKALIKES.append((match, rule))
+    register("dp_rule", rule.lookalike, rule, registries=registries, match=match)
 
 
-def rule_of(module: nn.Module):
+def rule_of(module: nn.Module, registries: Registries | None = None):
     """The rule for `module`, or None."""
+    plugins = (registries or REGISTRIES).dp_rules
+    by_type = {p.trait("module_type"): p.target for p in plugins.values() if p.trait("module_type") is not None}
     for klass in type(module).__mro__:
-        rule = RULES.get(klass)
+        rule = by_type.get(klass)
         if rule is not None:
             return rule if type(module).forward is klass.forward else None
-    for match, rule in LOOKALIKES:
-        if match(module):
-            return rule
+    for plugin in plugins.values():
+        match = plugin.trait("match")
+        if match is not None and match(module):
+            return plugin.target
     return None
 
 
-def supported() -> str:
+def supported(registries: Registries | None = None) -> str:
     """The supported layer types, for messages."""
-    names = sorted({t.__name__ for t in RULES})
-    return ", ".join(names + [getattr(rule, "lookalike", rule.__name__) for _, rule in LOOKALIKES])
+    plugins = (registries or REGISTRIES).dp_rules.values()
+    return ", ".join(sorted(p.trait("module_type").__name__ if p.trait("module_type") else p.name for p in plugins))
 
 
 from . import conv, embedding, hf_conv1d, layer_norm, linear, rms_norm  # noqa: E402,F401  the built-in rules
 
-__all__ = ["LOOKALIKES", "RULES", "register_lookalike", "register_rule", "rule_of", "supported"]
+__all__ = ["register_lookalike", "register_rule", "rule_of", "supported"]

@@ -21,7 +21,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError
+import torch
+
+from ..engine import Trial
+from ..errors import UserError
+from ..report.markdown import markdown_table
+from ..plugin import register_command
+from ..spec import load_spec
+from .flags import Command, add_common, add_plugins, add_sets
 
 SLACK = 512 * 2**20  # address-space head-room above the budget for allocator arenas and thread stacks
 
@@ -48,8 +55,6 @@ def parse_size(text: str) -> int:
 
 
 def device_memory(device: str) -> int:
-    import torch
-
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -72,7 +77,7 @@ def profile_batch_sizes(spec: dict, batch_sizes: list[int], epochs: float = 1, m
 
 
 def run_child(job: dict) -> ProfileRecord:
-    proc = subprocess.run([sys.executable, "-m", "trainlab.profiler"], input=json.dumps(job), capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trainlab.recipes.batch_size"], input=json.dumps(job), capture_output=True,
                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
@@ -86,11 +91,6 @@ def run_child(job: dict) -> ProfileRecord:
 
 def child(job: dict) -> ProfileRecord:
     """Inside the fresh process: one batch size."""
-    import torch
-
-    from .engine import Trial
-    from .spec import load_spec
-
     spec = load_spec(job["spec"], {"plan.batch_size": job["batch_size"], "plan.epochs": job["epochs"],
                                    "plan.steps": None})
     size, budget, device = job["batch_size"], job["budget"], spec["plan"]["device"]
@@ -192,8 +192,6 @@ def recommend(records: list[ProfileRecord], budget: int) -> tuple[ProfileRecord 
 
 
 def markdown(records: list[ProfileRecord], budget: int, spec: dict, epochs: float) -> str:
-    from .report.markdown import markdown_table
-
     best, reasoning = recommend(records, budget)
     rows = [[r.batch_size, r.status, r.seconds_per_epoch, r.samples_per_second,
              None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, r.final_train_loss,
@@ -223,3 +221,37 @@ def write_report(records, budget, spec, epochs, output: Path) -> Path:
 if __name__ == "__main__":
     record = child(json.loads(sys.stdin.read()))
     print(json.dumps(asdict(record)))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def arguments(parser) -> None:
+    parser.add_argument("spec", help="YAML or JSON spec file, or a preset name")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", required=True, metavar="B")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--memory-budget", metavar="SIZE", help="e.g. 4GB (default: --budget-fraction of the device)")
+    parser.add_argument("--budget-fraction", type=float, default=0.8)
+    parser.add_argument("--output", default="batch_size_profile.md", metavar="FILE")
+    add_sets(parser)
+    add_plugins(parser)
+    add_common(parser)
+
+
+def run_command(args) -> int:
+    if any(b <= 0 for b in args.batch_sizes):
+        raise UserError("--batch-sizes: every size must be a positive integer")
+    if args.epochs <= 0:
+        raise UserError("--epochs: must be positive")
+    if not 0 < args.budget_fraction <= 1:
+        raise UserError("--budget-fraction: must be in (0, 1]")
+    spec = load_spec(args.spec, args.sets, plugins=args.plugins)
+    budget = parse_size(args.memory_budget) if args.memory_budget else int(
+        args.budget_fraction * device_memory(spec["plan"]["device"]))
+    records = profile_batch_sizes(spec, args.batch_sizes, args.epochs, budget, quiet=args.quiet)
+    output = write_report(records, budget, spec, args.epochs, args.output)
+    print(output.read_text())
+    return 0
+
+
+register_command("profile-batch-size", Command("time and memory of a spec at several batch sizes", arguments, run_command))

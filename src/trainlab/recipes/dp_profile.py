@@ -20,9 +20,23 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
+import importlib.util
 import traceback
+from pathlib import Path
 
 import torch
+
+from ..errors import UserError, check_known
+from ..io import atomic_write_text
+from ..models.zoo import MODEL_NAMES
+from ..plugin import register_command
+from ..privacy import MODES
+from ..privacy.engine import Budget, DPEngine, capture, per_sample_loss
+from ..privacy.norms import norm_dtype
+from ..report.plotting import pyplot
+from .batch_size import PeakRSS
+from .dp_consistency import build_problem
+from .flags import Command, add_common
 
 BASELINE = "non_dp"
 OPACUS = ("opacus_hooks", "opacus_ghost")
@@ -30,8 +44,6 @@ OPACUS = ("opacus_hooks", "opacus_ghost")
 
 def setup(shape: dict, mode: str):
     """A model (same initial weights for every mode), its batches, and one training step."""
-    from ..recipes.dp_consistency import build_problem
-
     device = torch.device(shape["device"])
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[shape["dtype"]]
     torch.manual_seed(0)
@@ -100,8 +112,6 @@ def _peak_memory(shape: dict, mode: str) -> dict:
 
 
 def make_step(mode: str, model, job: dict):
-    from .engine import DPEngine, per_sample_loss
-
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     if mode == BASELINE:
         def step(x, y):
@@ -121,8 +131,6 @@ def make_step(mode: str, model, job: dict):
 
 def opacus_step(mode: str, model, optimizer, job: dict):
     from opacus import PrivacyEngine
-
-    from .engine import per_sample_loss
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(job["batch"], 1)),
                                          batch_size=job["batch"])
@@ -155,9 +163,6 @@ def opacus_step(mode: str, model, optimizer, job: dict):
 def breakdown(shape: dict, rounds: int = 10) -> dict:
     """Median milliseconds of each piece of a `bk` step next to a non-private step's forward and
     backward, on one batch: where the extra time of DP-SGD goes."""
-    from .engine import Budget, DPEngine, capture, per_sample_loss
-    from .norms import norm_dtype
-
     model, batches, _ = setup(shape, BASELINE)
     x, y = batches[0]
     device = torch.device(shape["device"])
@@ -177,7 +182,7 @@ def breakdown(shape: dict, rounds: int = 10) -> dict:
         loss = timed("forward", lambda: per_sample_loss(model(x), y).sum())
         timed("backward, all gradients (non-private)", lambda: torch.autograd.grad(loss, params))
         records = {}
-        with capture(model, records, fused=False, method="auto", tile=256, budget=Budget(None)):
+        with capture(model, engine.rules, records, fused=False, method="auto", tile=256, budget=Budget(None)):
             loss = per_sample_loss(model(x), y).sum()
             grads = timed("backward to the layer outputs (bk)", lambda: torch.autograd.grad(
                 loss, [rec.target for rec in records.values()]))
@@ -185,10 +190,10 @@ def breakdown(shape: dict, rounds: int = 10) -> dict:
         def norms():
             for rec, g in zip(records.values(), grads):
                 rec.grad = g.to(norm_dtype(g.dtype))
-                rec.norm_sq, rec.cache = rec.rule.norms_sq(rec.module, rec.inputs, rec.grad, "auto", 256)
+                rec.norm_sq, rec.cache = rec.rule.norms_sq(rec.module, rec.inputs, rec.grad, rec.keys, "auto", 256)
         timed("per-sample norms", norms)
         c = torch.rand(len(y), device=device)
-        timed("clipped sums", lambda: [rec.rule.clipped(rec.module, rec.inputs, rec.grad, c, rec.cache)
+        timed("clipped sums", lambda: [rec.rule.clipped(rec.module, rec.inputs, rec.grad, c, rec.keys, rec.cache)
                                        for rec in records.values()])
         timed("noise", lambda: engine._noise({n: p for n, p in engine.params}))
         if r == 0:
@@ -210,8 +215,6 @@ class Memory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
-            from ..profiler import PeakRSS
-
             self.rss = PeakRSS()
 
     def peak(self) -> int:
@@ -274,8 +277,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path) -> None:
-    from ..report.plotting import pyplot
-
     plt = pyplot()
     ok = [r for r in rows if not r.get("error")]
     shapes = list(dict.fromkeys((r["model"], r["batch"], r["seq"]) for r in ok))
@@ -296,3 +297,49 @@ def figure(rows: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--modes", nargs="+", default=list(MODES), metavar="MODE",
+                        help=f"DP modes ({' '.join(MODES)}), plus {' '.join(OPACUS)} when Opacus is installed")
+    parser.add_argument("--model", nargs="+", default=["gpt-tiny", "gpt-256"], metavar="NAME", help=" ".join(MODEL_NAMES))
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[16], metavar="B")
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[128], metavar="T")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per mode (round-robin)")
+    parser.add_argument("--output", default="dp_profile.md", metavar="FILE", help="markdown table; the figure beside it")
+    add_common(parser)
+
+
+def run_command(args) -> int:
+    check_known("--modes", "mode", args.modes, (*MODES, *OPACUS))
+    check_known("--model", "model", args.model, MODEL_NAMES)
+    if args.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--dtype: must be float32 or bfloat16, got {args.dtype!r}")
+    if min(args.batch_size + args.seq_len + [args.rounds]) < 1:
+        raise UserError("--batch-size, --seq-len and --rounds: must be at least 1")
+    if any(m in OPACUS for m in args.modes) and importlib.util.find_spec("opacus") is None:
+        raise UserError("--modes opacus_*: Opacus is not installed (pip install 'trainlab[dp]')")
+    output = Path(args.output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {args.output!r}: cannot create its folder: {exc.strerror}") from None
+    rows = profile(args.model, args.batch_size, args.seq_len, args.modes, args.device, args.rounds, args.dtype,
+                   quiet=args.quiet)
+    figure_path = output.with_suffix(".png")
+    figure(rows, figure_path)
+    text = (f"# DP step time and memory\n\ntorch {torch.__version__}, device {args.device}, "
+            f"{args.dtype}, median of {args.rounds} round-robin steps.\n\n" + markdown(rows)
+            + f"\n![profile]({figure_path.name})\n")
+    atomic_write_text(output, text)
+    print(text)
+    return 0
+
+
+register_command("dp-profile", Command("step time and peak memory of each DP mode vs a non-private step", arguments,
+                                       run_command))

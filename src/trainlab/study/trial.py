@@ -1,0 +1,70 @@
+"""One trial of a study, run in this process and written into the study directory.
+
+An error inside a trial (the task's own code, data that fails during training, a probe) does
+not stop the study: the trial is recorded as failed in its failure.json (one-line reason and
+the traceback), the other trials go on, and the study ends by saying so (runner.py). A full
+disk is not a trial's failure: it stops the study, which resumes once space is back."""
+
+import errno
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from ..engine import Trial
+from ..errors import one_line
+from .store import StudyStore
+from .sweep import TrialPlan
+
+
+@dataclass
+class Extras:
+    """What a Python caller adds to every trial: Hooks (run inside the training process, so
+    they must pickle for pool and Ray workers) and sinks (anything with log(record) and
+    flush(); they get every record with its trial index, in the calling process)."""
+
+    hooks: list = field(default_factory=list)
+    sinks: list = field(default_factory=list)
+
+
+class Tee:
+    """A trial's records to the study's metrics stream and to the caller's sinks."""
+
+    def __init__(self, writer, sinks: list, index: int):
+        self.writer, self.sinks, self.index = writer, sinks, index
+
+    def log(self, record: dict) -> None:
+        self.writer.log(record)
+        for sink in self.sinks:
+            sink.log({"trial": self.index, **record})
+
+    def flush(self) -> None:
+        self.writer.flush()
+        for sink in self.sinks:
+            sink.flush()
+
+
+def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extras: Extras | None = None) -> dict | None:
+    """Train one trial into the store; its summary, or None when it failed (recorded)."""
+    extras = extras or Extras()
+    writer = store.start_trial(plan)
+    bar = None if quiet else tqdm(desc=f"trial {plan.index + 1}/{total}", unit="step", leave=False,
+                                  file=sys.stderr, dynamic_ncols=True)
+    try:
+        sink = Tee(writer, extras.sinks, plan.index) if extras.sinks else writer
+        trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar, hooks=extras.hooks)
+        if bar is not None:
+            bar.total = trial.total_steps
+        summary = trial.run()
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the study stops; nothing of this trial is lost that a resume would not redo
+        store.fail_trial(plan, one_line(exc), details=traceback.format_exc())
+        return None
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+    store.finish_trial(plan, summary)
+    return summary
