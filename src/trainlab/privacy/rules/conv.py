@@ -3,7 +3,7 @@
 from torch import nn
 from torch.nn import functional as F
 
-from . import register_rule
+from .registry import register_rule
 from .linear import LinearRule
 
 

@@ -4,7 +4,7 @@ The norm sums each (sample, token id) group first (a segment sum: memory [B*T, d
 import torch
 from torch import nn
 
-from . import register_rule
+from .registry import register_rule
 
 
 @register_rule(nn.Embedding)

@@ -1,7 +1,7 @@
 """Hugging Face's Conv1D (GPT-2): y = x W + b with W stored [in, out], i.e. a Linear layer
 whose weight is transposed. Matched by structure: trainlab does not import transformers."""
 
-from . import register_lookalike
+from .registry import register_lookalike
 from .linear import LinearRule
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from .. import kernels
 from ..norms import Budget, choose, gram_norm_sq, norm_dtype, tiled_norm_sq
-from . import register_rule
+from .registry import register_rule
 
 
 @register_rule(nn.Linear)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ...models.moe import RMSNorm as TrainlabRMSNorm
-from . import register_lookalike, register_rule
+from .registry import register_lookalike, register_rule
 from .layer_norm import AffineNormRule
 
 
