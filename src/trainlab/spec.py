@@ -24,7 +24,7 @@ from .options import Open, Strict, validate_options
 from .plugin import Registries, registries as process_registries
 from .privacy import CLIPPING, MODES
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 
@@ -99,6 +99,8 @@ class PlanSpec(Strict):
     eval_batch_size: int = Field(512, gt=0, description="held-out samples per forward pass during evaluation")
     grad_accumulation: int = Field(1, gt=0, description="micro-batches per step (the loss is weighted so the "
                                                         "gradient equals the whole batch's)")
+    loader_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes for a task whose training "
+                                                           "data is a Dataset (0: load in the training process)")
     init_from: str | None = None
 
     @field_validator("sampler")

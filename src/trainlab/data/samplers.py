@@ -64,3 +64,13 @@ class GeneratedStream:
 
     def next_batch(self):
         return self.sample(self.batch_size, self.generator)
+
+
+class FixedIndices:
+    """A stream that gives the same indices every step (an example batch)."""
+
+    def __init__(self, indices):
+        self.indices = torch.tensor(list(indices))
+
+    def next_batch(self) -> torch.Tensor:
+        return self.indices

@@ -54,8 +54,8 @@ def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_s
     arm = spec["arms"][0]
     seeds = seeds or [spec["seed"] + r for r in range(runs)]
     trial = Trial(spec)
-    if trial.generated:
-        raise SpecError("task.name", "many-runs ensembles need a fixed training set")
+    if trial.generated or trial.x_train is None or isinstance(trial.x_train, dict):
+        raise SpecError("task.name", "many-runs ensembles need a fixed training set of tensors in memory")
     record_steps = sorted(set(record_steps or []))
     if method == "auto":
         method = "vmap" if batchable(trial.arms[0].model, arm["optimizer"]) else "loop"
@@ -149,7 +149,7 @@ def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress
         return task.loss(functional_call(net, (p, b), (x,)), y, opts=options)
 
     step_fn = vmap(grad_and_value(loss_of), in_dims=(0, 0, 0, 0))
-    layers = silu_mlp_layers(net) if task.cross_entropy and not task.language_model else None
+    layers = silu_mlp_layers(net) if task.is_cross_entropy(options) and not task.is_language_model(options) else None
     if layers is not None:  # the hand-written batched MLP: no vmap or autograd machinery per step
         step_fn = lambda p, b, x, y: mlp_grad_and_loss(layers, p, x, y)  # noqa: E731
     optimizer = FunctionalOptimizer(arm, params)

@@ -16,7 +16,7 @@ class PrivateArm:
     def __init__(self, trial, arm: dict, model):
         options = arm["privacy"]
         where = f"arms.{arm['name']}.privacy"
-        if not trial.task.cross_entropy or trial.generated:
+        if not trial.task.is_cross_entropy(trial.options) or trial.generated:
             raise SpecError(where, f"task {trial.task.name!r} has no per-sample cross-entropy loss over a fixed "
                                    "training set, which DP-SGD needs")
         if trial.plan["grad_accumulation"] != 1:

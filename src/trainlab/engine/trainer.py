@@ -17,11 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.samplers import GeneratedStream, IndexStream
+from ..data.batches import rows, split, to_device
+from ..data.samplers import FixedIndices, GeneratedStream, IndexStream
 from ..errors import SpecError, UserError
 from ..optim import build_optimizer, lr_factor, set_lr_factor
+from ..models.outputs import forward
 from ..plugin import Registries, registries as process_registries
 from ..tasks import perplexity
+from ..tasks.loading import DatasetBatches, materialise
 from .hooks import ROLLBACK, SKIP, STEP
 from .private import PrivateArm
 
@@ -106,12 +109,14 @@ class Trial:
         self.dtype = DTYPES[self.plan["dtype"]]
         self.data = self.task.load(self.options, seed=derive_seed(self.seed, "task-data"))
         self.generated = self.data.sample is not None
+        self.x_train = self.y_train = None  # in memory unless the samples are generated or come from a Dataset
+        self.loader = None  # the batches of a Dataset, started with the run (trial.run)
         if self.generated:  # fresh samples every step
-            self.x_train = self.y_train = None
             self.stream = GeneratedStream(self.data.sample, self.data.samples_per_epoch, self.plan["batch_size"],
                                           derive_seed(self.seed, "data"))
         else:
-            self.x_train, self.y_train = self._to_device(self.data.x_train, self.data.y_train)
+            if self.data.train_set is None:
+                self.x_train, self.y_train = self._to_device(self.data.x_train, self.data.y_train)
             try:
                 self.stream = IndexStream(self.data.n_train, self.plan["batch_size"], self.plan["sampler"],
                                           derive_seed(self.seed, "data"))
@@ -144,10 +149,8 @@ class Trial:
             raise SpecError("plan.device", "'mps' requested but it is not available; use 'cpu'")
         return torch.device(name)
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
-        if x.is_floating_point():
-            x = x.to(self.dtype)
-        return x.to(self.device), y.to(self.device)
+    def _to_device(self, x, y: torch.Tensor):
+        return to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype)
 
     def initial_model(self, seed: int | None = None) -> nn.Module:
         """The model every arm starts from: built from the 'init' seed of `seed` (the trial's by
@@ -184,8 +187,14 @@ class Trial:
         """A couple of training inputs (a forward pass of them tells what each parameter does)."""
         if self.generated:
             inputs, _ = self.data.sample(count, torch.Generator().manual_seed(derive_seed(self.seed, "example")))
-            return self._to_device(inputs, inputs)[0]
-        return self.x_train[:count]
+            return self._to_device(inputs, inputs[:0])[0]
+        if self.x_train is None:  # a Dataset
+            return self._to_device(self.example_batch(count)[0], torch.zeros(0))[0]
+        return rows(self.x_train, slice(0, count))
+
+    def example_batch(self, count: int):
+        _, x, y = DatasetBatches(self.data.train_set, FixedIndices(range(count)), 1, self.seed).next()
+        return x, y
 
     # ------------------------------------------------------------ records
 
@@ -241,12 +250,25 @@ class Trial:
         """(sample indices or None for generated data, (inputs, targets) on the trial's device)."""
         if self.generated:
             return None, self._to_device(*self.stream.next_batch())
+        if self.data.train_set is not None:  # a Dataset: this step's batch, loaded once for every arm
+            if self.loader is None:
+                self.loader = DatasetBatches(self.data.train_set, self.stream, self.total_steps,
+                                             derive_seed(self.seed, "augment"), self.plan["loader_workers"])
+            indices, x, y = self.loader.next()
+            return indices, self._to_device(x, y)
         indices = self.stream.next_batch()
         return indices, self.gather(indices)
 
-    def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, indices: torch.Tensor) -> tuple:
         indices = indices.to(self.device)
-        return self.x_train[indices], self.y_train[indices]
+        return rows(self.x_train, indices), self.y_train[indices]
+
+    def whole_training_set(self) -> tuple:
+        """Every training sample (gradient descent arms); a Dataset is loaded once for it."""
+        if self.x_train is None and self.data.train_set is not None:
+            self.x_train, self.y_train = self._to_device(*materialise(self.data.train_set, "task.data", "training",
+                                                                      derive_seed(self.seed, "augment")))
+        return self.x_train, self.y_train
 
     def train_step(self, arm: ArmState, step: int) -> None:
         started = time.perf_counter()
@@ -267,8 +289,8 @@ class Trial:
             return
         arm.optimizer.step()
         self._hooks("after_step", arm, step)
-        correct, count = self.task.count_correct(output.detach(), arm.batch[1])
-        arm.last_train = {"loss": loss_value, "accuracy": correct.item() / count}
+        correct, count = self.task.count_correct(output.detach(), arm.batch[1], opts=self.options)
+        arm.last_train = {"loss": loss_value, "accuracy": correct.item() / count if count else math.nan}
         arm.time_s += time.perf_counter() - started
         self.log({"kind": "train", "arm": arm.name, "step": step, **arm.last_train,
                   "lr": arm.optimizer.param_groups[0]["lr"]})
@@ -280,7 +302,7 @@ class Trial:
 
     def forward_backward(self, arm: ArmState, step: int) -> tuple[float, torch.Tensor]:
         # the batch tensors are shared by all arms: a hook may replace arm.batch, never edit it in place
-        arm.batch = (self.x_train, self.y_train) if arm.full_batch else self.step_batch
+        arm.batch = self.whole_training_set() if arm.full_batch else self.step_batch
         self._hooks("before_step", arm, step)
         x, y = arm.batch
         self.seed_forward()
@@ -289,11 +311,12 @@ class Trial:
             loss, output = arm.private.backward(x, y)
             self._hooks("after_backward", arm, step)
             return loss, output
-        total = self.task.loss_items(y)
+        total = self.task.loss_items(y, opts=self.options)
         outputs, loss = [], 0.0
-        for xs, ys in zip(x.tensor_split(self.plan["grad_accumulation"]), y.tensor_split(self.plan["grad_accumulation"])):
-            output = arm.model(xs)
-            share = self.task.loss_items(ys) / total  # a micro-batch's mean counts by its share of the batch
+        parts = self.plan["grad_accumulation"]
+        for xs, ys in zip(split(x, parts), y.tensor_split(parts)):
+            output = forward(arm.model, xs)
+            share = self.task.loss_items(ys, opts=self.options) / total  # a micro-batch's mean counts by its share
             part = self.task.loss(output, ys, opts=self.options) * share
             penalty = self.task.penalty(self.options, arm.model)
             (part if penalty is None else part + penalty * share).backward()
@@ -355,15 +378,15 @@ class Trial:
         total_loss, correct, count, items = 0.0, 0, 0, 0
         size = self.plan["eval_batch_size"]
         for start in range(0, len(self.y_test), size):
-            x, y = self.x_test[start:start + size], self.y_test[start:start + size]
-            output = model(x)
+            x, y = rows(self.x_test, slice(start, start + size)), self.y_test[start:start + size]
+            output = forward(model, x)
             total_loss += self.task.loss(output, y, reduction="sum", opts=self.options).item()
-            hits, n = self.task.count_correct(output, y)
-            correct, count, items = correct + hits.item(), count + n, items + self.task.loss_items(y)
+            hits, n = self.task.count_correct(output, y, opts=self.options)
+            correct, count, items = correct + hits.item(), count + n, items + self.task.loss_items(y, opts=self.options)
         model.train(was_training)
-        loss = total_loss / items
-        result = {"loss": loss, "accuracy": correct / count}
-        if self.task.language_model:
+        loss = total_loss / items if items else math.nan
+        result = {"loss": loss, "accuracy": correct / count if count else math.nan}
+        if self.task.is_language_model(self.options):
             result["perplexity"] = perplexity(loss)
         return result
 

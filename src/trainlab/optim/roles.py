@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.outputs import forward
+
 # autograd nodes that only move, view, select or cast their input: a parameter seen through
 # them is still the same operand
 PASS_THROUGH = {"TBackward", "ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "PermuteBackward",
@@ -68,19 +70,6 @@ class Role:
         return n
 
 
-def model_output(result) -> torch.Tensor:
-    """The tensor a model's forward returned: itself, `.logits` (Hugging Face), or the first tensor."""
-    if isinstance(result, torch.Tensor):
-        return result
-    if getattr(result, "logits", None) is not None:
-        return result.logits
-    values = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else []
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            return value
-    raise TypeError(f"cannot find the output tensor in a {type(result).__name__}")
-
-
 @contextlib.contextmanager
 def inspection(model: nn.Module):
     """Gradients on, every module in eval mode (no dropout, BatchNorm statistics untouched),
@@ -99,7 +88,7 @@ def parameter_roles(model: nn.Module, example) -> dict[str, Role]:
     """The role of every trainable parameter, from a forward pass of `example` (a few samples)."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     with inspection(model):
-        output = model_output(model(example))
+        output = forward(model, example)
         consumers, head = read_graph(output.grad_fn)
     owners = {f"{prefix}.{n}" if prefix else n: module for prefix, module in model.named_modules()
               for n, _ in module.named_parameters(recurse=False)}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.outputs import forward
 from .rules import rule_of, supported
 
 MIXERS = (nn.modules.batchnorm._BatchNorm,)  # batch statistics couple the samples of a batch
@@ -171,7 +172,7 @@ def module_inputs(model: nn.Module, inputs, names: list[str]) -> dict:
     for name in names:
         handles.append(modules[name].register_forward_hook(keeper(name)))
     try:
-        model(inputs)
+        forward(model, inputs)
     finally:
         for handle in handles:
             handle.remove()

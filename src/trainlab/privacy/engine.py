@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
+from ..models.outputs import forward, model_output
 from .checks import check_layout, check_no_mixing, check_rule, check_supported, check_uses
 from .norms import Budget, norm_dtype
 from .fused import fused_forward
@@ -174,7 +175,7 @@ class DPEngine:
         return torch.empty(total, device=first.device, dtype=first.dtype).normal_(generator=self.generator)
 
     def _plain(self, inputs, targets, loss_fn):
-        output = self.model(inputs)
+        output = forward(self.model, inputs)
         losses = loss_fn(output, targets)
         return StepResult(losses.detach(), None, None, output.detach()), self._param_grads(losses.sum())
 
@@ -190,7 +191,7 @@ class DPEngine:
         buffers = dict(self.model.named_buffers())
 
         def loss_one(params, x, y):
-            out = functional_call(self.model, (params, buffers), (x.unsqueeze(0),))
+            out = model_output(functional_call(self.model, (params, buffers), (x.unsqueeze(0),)))
             return loss_fn(out, y.unsqueeze(0)).squeeze(0)
 
         with warnings.catch_warnings():  # vmap falls back to a loop for some kernels (attention): slower, not wrong
@@ -208,7 +209,7 @@ class DPEngine:
             c = factors if factors.dim() == 1 else factors[:, list(layer_sq).index(self.layers[name])]
             sums[name] = torch.tensordot(c.to(dtype), g.to(dtype), dims=1)
         with torch.no_grad():  # the batch's output, for accuracy: vmap gave only losses and gradients
-            output = self.model(inputs)
+            output = forward(self.model, inputs)
         return StepResult(losses.detach(), norms, factors, output), sums
 
     def _hooked(self, inputs, targets, loss_fn):
@@ -217,7 +218,7 @@ class DPEngine:
         budget = Budget(None if second else self.cache_elements)
         with capture(self.model, self.rules, records, fused=self.mode == "fused", method=self.norm_method,
                      tile=self.tile, budget=budget):
-            output = self.model(inputs)
+            output = forward(self.model, inputs)
         losses = loss_fn(output, targets)
         self._check_exact(inputs, records, losses)
         verify = [name for name in records if name not in self.verified and not self.sharded]

@@ -42,7 +42,8 @@ def build_study_report(study_dir: str | Path, registries: Registries | None = No
 def language_model(store: StudyStore) -> bool:
     """Whether the study's task is a language model (perplexity columns)."""
     task = store.registries().tasks.get(store.spec["task"]["name"]).target
-    return bool(getattr(task, "language_model", False))
+    options = task.Options(**{k: v for k, v in store.spec["task"].items() if k != "name"})
+    return bool(task.is_language_model(options))
 
 
 def build_report(study_dir: str | Path) -> Path:
