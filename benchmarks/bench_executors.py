@@ -40,10 +40,11 @@ def pool_study(spec: dict, workers: int) -> None:
     """A study run through the process pool even with one worker (run_study goes inline then)."""
     from trainlab.study.executor import run_in_pool
     from trainlab.study.store import StudyStore
+    from trainlab.study.trial import Extras
 
     plans = expand(spec)
     store = StudyStore.create(spec, plans)
-    run_in_pool(store, plans, workers, quiet=True, on_done=lambda plan: None)
+    run_in_pool(store, plans, workers, quiet=True, on_done=lambda plan: None, extras=Extras(), threads=1)
 
 
 def timed(fn) -> float:
@@ -65,16 +66,15 @@ def main() -> None:
         study = timed(lambda: run_study(spec, quiet=True)) / len(plans)
         busy_spec = busy(args.busy_trials, root)
         inline = timed(lambda: run_study(busy_spec, quiet=True))
-        os.environ["TRAINLAB_WORKER_THREADS"] = "1"
-        one = timed(lambda: pool_study(busy_spec, 1))
-        two = timed(lambda: run_study(busy_spec, quiet=True, workers=2))
+        one = timed(lambda: pool_study(busy_spec, 1))  # one worker with one thread: the baseline
+        two = timed(lambda: run_study(busy_spec, quiet=True, executor=ExecutorOptions("pool", workers=2, threads=1)))
         ray = startup = None
         if importlib.util.find_spec("ray") is not None:
             import ray as ray_lib
 
             startup = timed(lambda: ray_lib.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                                                  logging_level="ERROR"))
-            ray = timed(lambda: run_study(busy_spec, quiet=True, executor=ExecutorOptions("ray", workers=2)))
+            ray = timed(lambda: run_study(busy_spec, quiet=True, executor=ExecutorOptions("ray", workers=2, threads=1)))
             ray_lib.shutdown()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| measurement | seconds | goal |")

@@ -129,7 +129,7 @@ def test_unsupported_and_tied_modules_are_named():
         DPEngine(nn.ModuleDict({"odd": Odd()}), "ghost")
     tied = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
     tied[1].weight = tied[0].weight
-    with pytest.raises(UserError, match="shared by '0' and '1'"):
+    with pytest.raises(UserError, match="parameter '0.weight' is shared by modules '0' and '1'"):
         DPEngine(tied, "bk")
     with pytest.raises(UserError, match="unknown DP mode 'opacus'"):
         DPEngine(tied, "opacus")

@@ -13,8 +13,9 @@ the spec (`plugins: [my_module]`).
 
 from .analysis import load, load_summaries
 from .engine import Guard, Hook, MemorySink, Trial
-from .errors import SpecError, UserError
+from .errors import SpecError, TrialsFailed, UserError
 from .faults import FaultModel
+from .options import Strict as Options
 from .plugin import (Plugin, Registries, register, register_command, register_event, register_fault_model,
                      register_mitigation, register_optimizer, register_probe, register_report, register_task, registries)
 from .recipes.batch_size import ProfileRecord, profile_batch_sizes
@@ -26,8 +27,8 @@ from .tasks import Task, TaskData
 
 __version__ = version()
 
-__all__ = ["FaultModel", "Guard", "Hook", "MemorySink", "Plugin", "ProfileRecord", "Registries", "SpecError", "Task",
-           "TaskData", "Trial", "UserError", "__version__", "build_report", "load", "load_spec", "load_summaries",
+__all__ = ["FaultModel", "Guard", "Hook", "MemorySink", "Options", "Plugin", "ProfileRecord", "Registries", "SpecError", "Task",
+           "TaskData", "Trial", "TrialsFailed", "UserError", "__version__", "build_report", "load", "load_spec", "load_summaries",
            "profile_batch_sizes", "register", "register_command", "register_event", "register_fault_model",
            "register_mitigation", "register_optimizer", "register_probe", "register_report", "register_task",
            "registries", "resume_study", "run_study"]

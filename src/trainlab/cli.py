@@ -51,7 +51,7 @@ def build_parser(commands) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        commands = registries(plugins_in(argv)).commands
+        commands = registries(plugins_in(argv), os.getcwd()).commands
         parser = build_parser(commands)
         args = parser.parse_args(argv)
         if args.command is None:

@@ -1,5 +1,6 @@
 """Errors a user can fix. The CLI prints them on one line and exits with code 2."""
 
+import contextlib
 import typing
 
 
@@ -86,3 +87,15 @@ def _inner_model(annotation):
         if found is not None:
             return found
     return None
+
+
+@contextlib.contextmanager
+def user_code(path: str, what: str):
+    """Around code a user wrote (a task's data loader, a model factory): its errors become one
+    SpecError naming the spec field, with the code's own message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise SpecError(path, f"{what} failed: {one_line(exc)}") from None

@@ -23,7 +23,10 @@ spec or runs a trial is handed the `Registries`."""
 
 import importlib
 import importlib.metadata
+import importlib.util
+import site
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -130,17 +133,37 @@ REGISTRIES = Registries()  # this process's registries; register_* decorators ad
 _started = False
 
 
-def registries(modules=(), search_path: str | Path | None = None) -> Registries:
+def registries(modules=(), search_path=None) -> Registries:
     """This process's registries with the built-ins, the installed entry points and `modules`
-    loaded; `search_path` (a study's spec folder) is where those modules are looked for first."""
+    loaded; `search_path` (a folder or a list of them: where a study found its plugin modules)
+    is searched after the installed packages, so a plugin folder never shadows a library."""
     global _started
     if not _started:
         _started = True
         REGISTRIES.load(BUILTINS, "built-in plugins")
         REGISTRIES.load(entry_point_modules(), f"entry point group {ENTRY_POINTS!r}")
-    if search_path is not None and str(search_path) not in sys.path:
-        sys.path.insert(0, str(search_path))
+    folders = [search_path] if isinstance(search_path, (str, Path)) else list(search_path or [])
+    for folder in folders:
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
     return REGISTRIES.load(modules)
+
+
+def module_roots(modules) -> list[str]:
+    """The folders the (imported) `modules` were found in, unless they are installed packages:
+    stored with a study so that every later process finds them again."""
+    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages(),
+                                              sysconfig.get_paths()["purelib"]]}
+    roots = []
+    for name in modules:
+        spec = importlib.util.find_spec(name.split(".")[0])
+        if spec is None or spec.origin in (None, "built-in", "frozen"):
+            continue
+        where = Path(spec.origin).parent
+        root = where.parent if spec.submodule_search_locations else where
+        if not any(root.resolve().is_relative_to(folder) for folder in installed) and str(root) not in roots:
+            roots.append(str(root))
+    return roots
 
 
 def entry_point_modules() -> list[str]:

@@ -11,6 +11,7 @@ in: the *resolved* spec stored in study.json.
 import copy
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .data.samplers import SAMPLERS
 from .errors import SpecError, UserError, spec_error_from_pydantic
 from .options import Open, Strict, validate_options
-from .plugin import Registries, registries as process_registries
+from .plugin import Registries, module_roots, registries as process_registries
 from .privacy import CLIPPING, MODES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
@@ -359,14 +360,18 @@ def plugins_of(data: dict) -> list[str]:
 
 def resolve(data: dict, registries: Registries | None = None, folder: str | None = None) -> dict:
     """Validate both passes and return the spec with every default filled in. Without
-    `registries`, this process's are used with the spec's plugins loaded (from `folder`
-    first, then PYTHONPATH); the folder is recorded as `plugin_path` for every later process."""
+    `registries`, this process's are used with the spec's plugins loaded (from `folder`, the
+    spec file's, first, then the current folder and PYTHONPATH); where they were found is
+    recorded as `plugin_path`, so every later process (workers, resume, report) finds them."""
     _reject_non_finite(data, "")
     if not isinstance(data, dict):
         raise SpecError("", "a spec is a mapping of fields (task, arms, plan, ...)")
-    folder = folder or data.get("plugin_path")
+    stored = data.get("plugin_path") or []
+    if not isinstance(stored, list) or not all(isinstance(p, str) for p in stored):
+        raise SpecError("plugin_path", "must be a list of folders")
+    search = [*([folder] if folder else []), *stored, os.getcwd()]
     data = {k: v for k, v in data.items() if k != "plugin_path"}
-    registries = registries or process_registries(plugins_of(data), folder)
+    registries = registries or process_registries(plugins_of(data), search)
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
@@ -374,7 +379,7 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
     _name_arms(spec.arms)
     resolved = spec.model_dump(mode="json")
     if spec.plugins:
-        resolved["plugin_path"] = folder
+        resolved["plugin_path"] = module_roots(spec.plugins)
     context = {"registries": registries}
     task = registries.tasks.get(spec.task.name, "task.name")
     resolved["task"] = {"name": spec.task.name, **validate_options(task.Options, spec.task.model_extra, "task", context)}

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data.batches import rows, split, to_device
 from ..data.samplers import FixedIndices, GeneratedStream, IndexStream
-from ..errors import SpecError, UserError
+from ..errors import SpecError, UserError, user_code
 from ..optim import build_optimizer, lr_factor, set_lr_factor
 from ..models.outputs import forward
 from ..plugin import Registries, registries as process_registries
@@ -107,7 +107,8 @@ class Trial:
         self.options = self.task.Options(**{k: v for k, v in spec["task"].items() if k != "name"})
         self.device = self._device(self.plan["device"])
         self.dtype = DTYPES[self.plan["dtype"]]
-        self.data = self.task.load(self.options, seed=derive_seed(self.seed, "task-data"))
+        with user_code("task", f"task {self.task.name!r} loading its data"):
+            self.data = self.task.load(self.options, seed=derive_seed(self.seed, "task-data"))
         self.generated = self.data.sample is not None
         self.x_train = self.y_train = None  # in memory unless the samples are generated or come from a Dataset
         self.loader = None  # the batches of a Dataset, started with the run (trial.run)
@@ -157,7 +158,8 @@ class Trial:
         default) in float32 and cast, or loaded from plan.init_from."""
         with torch.random.fork_rng(devices=[]):  # models are built on the CPU: seed only its generator
             torch.default_generator.manual_seed(derive_seed(self.seed if seed is None else seed, "init"))
-            model = self.task.make_model(self.options, self.data)
+            with user_code("task", f"task {self.task.name!r} building its model"):
+                model = self.task.make_model(self.options, self.data)
         model = model.to(device=self.device, dtype=self.dtype)  # cast before loading: no rounding
         if self.plan["init_from"]:
             try:

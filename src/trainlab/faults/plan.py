@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ..models.outputs import forward
 from ..options import Strict
 from .injector import fault_model
 from .models import EXPONENT_BITS
@@ -65,7 +66,7 @@ def site_sizes(model: torch.nn.Module, target: str, example_input: torch.Tensor)
         handles.append(module.register_forward_hook(
             lambda m, i, out, name=name: sizes.__setitem__(name, out.numel()) if torch.is_tensor(out) else None))
     with torch.no_grad():
-        model(example_input)
+        forward(model, example_input)
     for handle in handles:
         handle.remove()
     return sizes

@@ -52,11 +52,13 @@ def check_supported(model: nn.Module, mode: str) -> None:
             rule.check(module)
         except ValueError as err:
             raise UserError(f"DP mode {mode!r}: {where}: {err}") from None
-        for _, p in own:
+        for key, p in own:
+            full = f"{name}.{key}" if name else key
             if id(p) in seen:
-                raise UserError(f"DP mode {mode!r}: a parameter is shared by {seen[id(p)]!r} and {name!r} (tied "
-                                "weights); untie them or use mode per_sample")
-            seen[id(p)] = name
+                raise UserError(f"DP mode {mode!r}: parameter {seen[id(p)]!r} is shared by modules "
+                                f"{seen[id(p)].rsplit('.', 1)[0]!r} and {name!r} (tied weights); untie them or use mode "
+                                "per_sample")
+            seen[id(p)] = full
 
 
 def check_no_mixing(model: nn.Module, mode: str) -> None:

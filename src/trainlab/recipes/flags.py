@@ -28,10 +28,12 @@ def add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=KINDS, help="how trials run (default: pool when --workers > 1, else inline)")
     parser.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: a running Ray cluster "
                         "(default: start a local Ray instance with --workers workers)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads per trial (default: the cores divided "
+                        "among the workers); the same N gives bit-identical numbers in every executor")
 
 
 def executor_of(args) -> ExecutorOptions:
-    return ExecutorOptions(kind=args.executor, workers=args.workers, address=args.address)
+    return ExecutorOptions(kind=args.executor, workers=args.workers, address=args.address, threads=args.threads)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

@@ -3,29 +3,29 @@
 inline  one after another in this process (the default with one worker)
 pool    a local pool of worker processes (`--workers N`), one trial per worker at a time;
         each worker writes its trial into the study directory as it trains (so the monitor
-        sees it live), gets its share of the CPU threads ($TRAINLAB_WORKER_THREADS overrides
-        it), and its own GPU round-robin when there are several. A trial whose worker dies is
+        sees it live), gets its share of the CPU threads (--threads overrides it), and its own GPU round-robin when there are several. A trial whose worker dies is
         tried again in a fresh pool, and recorded as failed after 3 deaths.
 ray     trials as Ray tasks (`--executor ray [--address HOST:PORT]`), each asking for CPUs
         (and a GPU when its spec trains on cuda). A task trains in a scratch folder on its
         node and returns the trial's files; this process writes them into the study, so the
         cluster needs no shared filesystem. Without --address a local Ray instance with
-        N workers is started for the study. The study's plugin modules travel with each
-        task (Ray's runtime_env py_modules), so the cluster needs none of the user's files.
+        N workers is started for the study. The study's plugin modules travel with the Ray
+        job it starts (runtime_env py_modules), so the cluster needs none of the user's files
+        (with a Ray already initialised by the caller, they must be importable on its nodes).
 
-Every trial is deterministic, so all three give the same numbers. Every worker fills its
+Every trial is deterministic, so all three give the same numbers: bit for bit when each
+trial has the same number of torch threads (`--threads N`; by default the machine's cores
+are divided among the workers, and reductions over a batch, as in a convolution's weight
+gradient or BatchNorm's statistics, may differ in the last bit between thread counts). Every worker fills its
 plugin registries as the driver did (built-ins, entry points, the spec's `plugins:`). An
 error inside a trial is recorded as that trial's failure in every executor (trial.py).
 Hooks given from Python run inside the training process (they are pickled to workers);
 sinks get each trial's records in this process (live inline, when the trial ends elsewhere).
 """
 
-import importlib.util
 import multiprocessing as mp
 import os
-import site
 import sys
-import sysconfig
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -49,6 +49,7 @@ class ExecutorOptions:
     kind: str | None = None  # None: pool when workers > 1, else inline
     workers: int = 1
     address: str | None = None  # a Ray cluster; None starts a local instance
+    threads: int | None = None  # torch threads per trial; None: the cores divided among the workers
 
     def __post_init__(self):
         if self.kind is not None and self.kind not in KINDS:
@@ -57,6 +58,8 @@ class ExecutorOptions:
             raise UserError(f"--workers: must be between 1 and 256, got {self.workers}")
         if self.address is not None and self.kind != "ray":
             raise UserError("--address: only with --executor ray")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise UserError(f"--threads: must be between 1 and 1024, got {self.threads}")
 
     def resolved_kind(self, trials: int) -> str:
         if self.kind is not None:
@@ -71,7 +74,7 @@ def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Cal
     if not plans:
         return
     if kind == "inline":
-        run_inline(store, plans, total, quiet, on_done, extras)
+        run_inline(store, plans, total, quiet, on_done, extras, options.threads)
         return
     elsewhere = Extras(hooks=extras.hooks)  # sinks stay here: they get each trial's records when it ends
 
@@ -80,9 +83,9 @@ def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Cal
         on_done(plan)
 
     if kind == "ray":
-        run_on_ray(store, plans, options.workers, options.address, quiet, done, elsewhere)
+        run_on_ray(store, plans, options.workers, options.address, quiet, done, elsewhere, options.threads)
     else:
-        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, done, elsewhere)
+        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, done, elsewhere, options.threads)
 
 
 def replay_records(store, plan, sinks: list) -> None:
@@ -95,14 +98,20 @@ def replay_records(store, plan, sinks: list) -> None:
         sink.flush()
 
 
-def run_inline(store, plans, total: int, quiet: bool, on_done: Callable, extras: Extras) -> None:
-    for plan in plans:
-        run_trial(store, plan, total, quiet, extras)
-        on_done(plan)
+def run_inline(store, plans, total: int, quiet: bool, on_done: Callable, extras: Extras, threads: int | None) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        for plan in plans:
+            run_trial(store, plan, total, quiet, extras)
+            on_done(plan)
+    finally:
+        torch.set_num_threads(before)
 
 
-def worker_threads(workers: int) -> int:
-    return int(os.environ.get("TRAINLAB_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers))
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Torch threads of each worker: as asked, else the machine's cores divided among the workers."""
+    return threads or max(1, (os.cpu_count() or 1) // workers)
 
 
 def trial_bar(count: int, label: str, quiet: bool):
@@ -112,7 +121,8 @@ def trial_bar(count: int, label: str, quiet: bool):
 ATTEMPTS = 3  # a trial whose worker dies this many times is recorded as failed
 
 
-def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extras: Extras) -> None:
+def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extras: Extras,
+                threads: int | None = None) -> None:
     """Trials in a process pool. A worker that dies (killed, out of memory) breaks the pool:
     the trials it was running are tried again in a fresh pool, and a trial that has been in
     flight during ATTEMPTS such deaths is recorded as failed (failure.json) so the rest of
@@ -122,19 +132,19 @@ def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extr
     todo = list(plans)
     try:
         while todo:
-            todo = _pool_round(store, todo, workers, on_done, bar, attempts, extras)
+            todo = _pool_round(store, todo, workers, on_done, bar, attempts, extras, worker_threads(workers, threads))
     finally:
         if bar is not None:
             bar.close()
 
 
-def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: dict, extras: Extras) -> list:
+def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: dict, extras: Extras, threads: int) -> list:
     """Run `plans` until done or until the pool breaks; return the ones to try again."""
     context = mp.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads or locks
     slots = context.Value("i", 0)
     pending = {}
     with ProcessPoolExecutor(min(workers, len(plans)), mp_context=context, initializer=_start_worker,
-                             initargs=(slots, worker_threads(workers))) as pool:
+                             initargs=(slots, threads)) as pool:
         for plan in plans:
             pending[pool.submit(_run_one, str(store.root), plan, extras)] = plan
         try:
@@ -194,27 +204,27 @@ def import_ray():
     return ray
 
 
-def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable, extras: Extras) -> None:
+def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable, extras: Extras,
+               threads: int | None = None) -> None:
     ray = import_ray()
     started_here = not ray.is_initialized()
-    if started_here:
-        env = {k: v for k, v in os.environ.items() if k.startswith("TRAINLAB_")}  # data paths reach every node
+    if started_here:  # a Ray job of our own: its runtime environment carries the data paths and plugin modules
+        runtime = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("TRAINLAB_")},
+                   "py_modules": local_modules(store.spec)}
         try:
             ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": env} if env else None)
+                     log_to_driver=False, logging_level="ERROR", runtime_env={k: v for k, v in runtime.items() if v} or None)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserError(f"--address {address!r}: cannot connect to a Ray cluster: {exc}") from None
     # locally Ray counts one CPU per worker while torch gets the worker's share of the cores
-    threads = worker_threads(workers) if address is None else int(os.environ.get("TRAINLAB_WORKER_THREADS") or 1)
+    threads = worker_threads(workers, threads) if address is None else (threads or 1)
     task = ray.remote(run_detached)
-    shipped = {"py_modules": local_modules(store.spec)} if local_modules(store.spec) else None
     bar = trial_bar(len(plans), f"ray, {workers} workers" if address is None else f"ray at {address}", quiet)
     try:
         pending = {}
         for plan in plans:
             gpus = 1 if plan.spec["plan"]["device"].startswith("cuda") else 0
-            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES,
-                                   runtime_env=shipped)
+            options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES)
             pending[options.remote(plan, threads, extras)] = plan
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -250,16 +260,13 @@ def _ray_result(ray, ref, plan) -> dict:
 def local_modules(spec: dict) -> list[str]:
     """Files or package folders of the spec's plugin modules that are not installed packages:
     Ray ships them to every worker (runtime_env py_modules)."""
-    installed = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages(),
-                                              sysconfig.get_paths()["purelib"]]}
     paths = []
-    for name in spec.get("plugins", []):
-        found = importlib.util.find_spec(name.split(".")[0])
-        if found is None or found.origin in (None, "built-in", "frozen"):
-            continue
-        path = Path(found.origin).parent if found.submodule_search_locations else Path(found.origin)
-        if not any(path.resolve().is_relative_to(root) for root in installed) and str(path) not in paths:
-            paths.append(str(path))
+    for root in spec.get("plugin_path") or []:
+        for name in spec.get("plugins", []):
+            top = name.split(".")[0]
+            for candidate in (Path(root) / top, Path(root) / f"{top}.py"):
+                if candidate.exists() and str(candidate) not in paths:
+                    paths.append(str(candidate))
     return paths
 
 
