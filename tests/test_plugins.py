@@ -299,3 +299,26 @@ def test_hf_gpt2_on_a_local_text_file_trains_and_a_dp_arm_is_refused_naming_the_
     assert main(["run", str(project / "dp.yaml"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "transformer.wte.weight" in err and "tied" in err
+
+
+def test_a_task_defined_in_python_c_is_refused_for_workers_with_a_clear_line(tmp_path):
+    code = textwrap.dedent(f'''
+        import torch, trainlab
+        @trainlab.register_task("inline-only")
+        class T(trainlab.Task):
+            def load(self, opts, seed=0):
+                x = torch.randn(40, 3); return trainlab.TaskData(x, (x[:, 0] > 0).long(), x[:8], (x[:8, 0] > 0).long(), source="-")
+            def make_model(self, opts, data):
+                return torch.nn.Linear(3, 2)
+        spec = {{"task": {{"name": "inline-only"}}, "arms": [{{"optimizer": "sgd", "lr": 0.1}}], "plan": {{"steps": 2, "batch_size": 8}},
+                "sweep": {{"repeats": 2}}, "output": {{"root": {str(tmp_path / 'runs')!r}}}}}
+        print(trainlab.run_study(spec, quiet=True))          # one process: fine
+        try:
+            trainlab.run_study(spec, quiet=True, workers=2)
+        except trainlab.UserError as err:
+            print("refused:", err)
+    ''')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "refused: task.name: task 'inline-only' is defined in __main__" in result.stdout
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing written for the refused run

@@ -39,7 +39,7 @@ def test_json_and_yaml_files_load_the_same(tmp_path):
 
 
 @pytest.mark.parametrize("changes, path, words", [
-    ({"task__name": "mnist-xl"}, "task.name", "unknown task 'mnist-xl' (allowed: denoise-2layer, mnist-cnn, mnist-mlp"),
+    ({"task__name": "mnist-xl"}, "task.name", "unknown task 'mnist-xl' (allowed: denoise-2layer, hf-text, mnist-cnn, mnist-mlp"),
     ({"arms__0__optimizer": "adagrad"}, "arms.0.optimizer", "unknown optimizer 'adagrad' (allowed: adam, adamw, gd, muon"),
     ({"plan__steps": "many"}, "plan.steps", "integer"),
     ({"plan__steps": -5}, "plan.steps", "greater than 0"),

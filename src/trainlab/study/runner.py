@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..engine import Trial
-from ..errors import TrialsFailed, UserError
+from ..errors import SpecError, TrialsFailed, UserError
+from ..plugin import origin, registries as process_registries
 from ..spec import load_spec
 from .executor import ExecutorOptions, run_trials
 from .optuna_search import search
@@ -69,6 +70,7 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     executor = executor or ExecutorOptions(workers=workers)
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
+    check_workers_can_import(spec, executor, max(len(plans), 2))
     store = StudyStore.create(spec, plans)
     with space_errors(store), store.lock():
         if on_create is not None:
@@ -76,6 +78,26 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
         execute(store, plans, quiet, executor, Extras(list(hooks), list(sinks)))
         finish(store, quiet)
     return store.root
+
+
+def check_workers_can_import(spec: dict, executor: ExecutorOptions, trials: int) -> None:
+    """A plugin defined in __main__ exists only in this process. Pool workers re-run a main
+    script (so a script's registrations reach them), but not a notebook or `python -c`, and Ray
+    workers never do: say so before anything runs."""
+    kind = executor.resolved_kind(trials)
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if kind == "inline" or (kind == "pool" and script and Path(script).suffix == ".py"):
+        return
+    registries = process_registries(spec.get("plugins", []), spec.get("plugin_path"))
+    used = [(registries.tasks, spec["task"]["name"], "task.name")]
+    used += [(registries.optimizers, arm["optimizer"], f"arms.{i}.optimizer") for i, arm in enumerate(spec["arms"])]
+    used += [(registries.events, e["kind"], f"events.{i}.kind") for i, e in enumerate(spec["events"])]
+    used += [(registries.probes, p["kind"], f"probes.{i}.kind") for i, p in enumerate(spec["probes"])]
+    for registry, name, path in used:
+        if origin(registry.get(name, path).target).startswith("__main__."):
+            raise SpecError(path, f"{registry.kind} {name!r} is defined in __main__, which worker processes cannot "
+                                  "import: put it in a module and name that module in the spec's plugins: (or run "
+                                  "with one worker)")
 
 
 def first_proposal(spec: dict) -> list[TrialPlan]:
