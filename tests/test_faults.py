@@ -205,7 +205,6 @@ def test_rollback_undoes_a_weight_fault():
     arms, records = mitigated({"step": 10, "tensor": "net.0.weight", "indices": list(range(16)), "fault": "value",
                                "values": [1e6] * 16}, {"kind": "rollback"})
     assert [r["step"] for r in records if r.get("event") == "rollback"] == [10]
-    clean, _ = mitigated({"step": 10, "tensor": "net.0.weight", "indices": [0], "fault": "zero"}, {"kind": "none"})
     assert arms["guarded"]["final_test_loss"] < 3 and not arms["guarded"]["diverged"]
     assert arms["plain"]["diverged"] or arms["plain"]["final_test_loss"] > arms["guarded"]["final_test_loss"]
 

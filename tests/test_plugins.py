@@ -322,3 +322,38 @@ def test_a_task_defined_in_python_c_is_refused_for_workers_with_a_clear_line(tmp
     assert result.returncode == 0, result.stderr
     assert "refused: task.name: task 'inline-only' is defined in __main__" in result.stdout
     assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing written for the refused run
+
+
+def cifar10_files(root: Path, per_batch: int = 16) -> None:
+    """CIFAR-10's own python format: five training batches, a test batch and the metadata."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, per_batch)
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        data[:, :1024] = np.clip(data[:, :1024].astype(int) // 4 + 25 * labels[:, None], 0, 255)  # learnable
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels.tolist()}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+
+
+def test_torchvision_resnet18_on_cifar10_format_files(tmp_path):
+    try:
+        import torchvision  # noqa: F401  a torchvision built for another torch fails right here
+    except Exception as exc:
+        pytest.skip(f"torchvision does not import beside this torch: {exc}")
+    cifar10_files(tmp_path / "cifar")
+    task = {"name": "vision", "dataset": "CIFAR10", "root": str(tmp_path / "cifar"), "augment": True,
+            "model": "torchvision.models:resnet18", "model_args": {"num_classes": 10}}
+    spec = {"name": "cifar", "task": task, "arms": [{"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
+                                                    {"optimizer": "muon", "lr": 0.02}],
+            "plan": {"steps": 4, "batch_size": 8, "eval_every": 2}, "output": {"root": str(tmp_path / "runs")}}
+    study = run_study(spec, quiet=True)
+    summary = json.loads(next(study.glob("trials/*/summary.json")).read_text())
+    assert "a Dataset of 80 training samples" in summary["data_source"]
+    assert summary["arms"]["muon"]["param_groups"]["muon"]["roles"]["conv"] > 10_000_000  # resnet18's filters
+    assert any("augmented" in note for note in summary["notes"])

@@ -90,19 +90,59 @@ class ArmState:
         return self.diverged_step is None
 
 
+@dataclass
+class Inspection:
+    model: nn.Module  # the initial model every arm would start from
+    batch: tuple  # the first training batch (inputs, targets), on the trial's device
+    n_train: int
+    steps_per_epoch: int
+    total_steps: int
+    parameter_shapes: dict
+
+
 class Trial:
     def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None, hooks=(),
                  registries: Registries | None = None):
         """`spec` is resolved (load_spec); `hooks` are Hooks added after the spec's events and
         probes; `registries` default to this process's, with the spec's plugins loaded."""
+        self.setup(spec, registries)
+        plugins = self.registries
+        self.sink = sink
+        self.artifact_dir = artifact_dir
+        self.progress = progress
+        initial = self.initial_model()
+        self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
+        self.hooks = [plugins.events.get(e["kind"]).target(e) for e in spec["events"]]
+        self.hooks += [plugins.probes.get(p["kind"]).target(p) for p in spec["probes"]] + list(hooks)
+        self.step = 0
+        self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
+        self.forward_seed = derive_seed(self.seed, "forward", 0)
+        self.step_batch: tuple | None = None
+        self.last_probes: dict[str, dict] = {}
+        self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
+        self.notes: list[str] = list(self.data.notes)  # substitutions the report states in its first lines
+        for arm in self.arms:
+            for note in (getattr(arm.optimizer, "split", None) or {}).get("notes", []):
+                self.note(f"arm {arm.name}: {note}")
+
+    @classmethod
+    def inspect(cls, spec: dict, registries: Registries | None = None) -> "Inspection":
+        """What a trial of `spec` would train on, without arms, optimizers or hooks: the
+        initial model, the first training batch, the data's size and the number of steps."""
+        trial = cls.__new__(cls)
+        trial.setup(spec, registries)
+        model = trial.initial_model()
+        indices, batch = trial.next_batch()
+        return Inspection(model, batch, trial.data.n_train, trial.stream.steps_per_epoch, trial.total_steps,
+                          {name: tuple(p.shape) for name, p in model.named_parameters()})
+
+    def setup(self, spec: dict, registries: Registries | None) -> None:
+        """The task, its data and the index stream: everything but the arms."""
         self.registries = registries or process_registries(spec.get("plugins", []), spec.get("plugin_path"))
         plugins = self.registries
         self.spec = spec
         self.seed = spec["seed"]
         self.plan = spec["plan"]
-        self.sink = sink
-        self.artifact_dir = artifact_dir
-        self.progress = progress
         self.task = plugins.tasks.get(spec["task"]["name"], "task.name").target
         self.options = self.task.Options(**{k: v for k, v in spec["task"].items() if k != "name"})
         self.device = self._device(self.plan["device"])
@@ -125,20 +165,6 @@ class Trial:
                 raise SpecError("plan.batch_size", str(exc)) from None
         self.x_test, self.y_test = self._to_device(self.data.x_test, self.data.y_test)
         self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
-        initial = self.initial_model()
-        self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
-        self.hooks = [plugins.events.get(e["kind"]).target(e) for e in spec["events"]]
-        self.hooks += [plugins.probes.get(p["kind"]).target(p) for p in spec["probes"]] + list(hooks)
-        self.step = 0
-        self.indices: torch.Tensor | None = None  # sample indices of the current step, shared by all arms
-        self.forward_seed = derive_seed(self.seed, "forward", 0)
-        self.step_batch: tuple | None = None
-        self.last_probes: dict[str, dict] = {}
-        self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
-        self.notes: list[str] = list(self.data.notes)  # substitutions the report states in its first lines
-        for arm in self.arms:
-            for note in (getattr(arm.optimizer, "split", None) or {}).get("notes", []):
-                self.note(f"arm {arm.name}: {note}")
 
     # ------------------------------------------------------------ set-up
 

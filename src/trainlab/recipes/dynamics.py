@@ -184,7 +184,7 @@ def stage4(s: DynamicsSetup, root: Path) -> None:
 
 def stage5(s: DynamicsSetup, root: Path) -> None:
     n = trial_spec(s, "gd", 0.1, steps=1)  # only for the training-set size
-    size = Trial(n).data.n_train
+    size = Trial.inspect(n).n_train
     rows = []
     for lr in s.lrs:
         scaled = lr * size / s.batch_size if s.gd_scaling == "N/B" else lr

@@ -87,10 +87,9 @@ def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("ad
 
 
 def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[dict]:
-    trial = Trial(spec)  # the model's shapes and a real batch for activation sizes
-    _, (x, _) = trial.next_batch()
+    seen = Trial.inspect(spec)  # the model's shapes and a real batch for activation sizes
     try:
-        sizes = site_sizes(trial.arms[0].model, options.target, x)
+        sizes = site_sizes(seen.model, options.target, seen.batch[0])
         return draw_plan(options, n, spec["seed"], sizes, spec["plan"]["dtype"])
     except ValueError as exc:
         raise UserError(f"--layer/--bit: {exc}") from None
@@ -103,7 +102,7 @@ def run(spec: dict, quiet: bool = False, workers: int = 1, executor=None) -> Pat
 
 def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
     """all_injection_configs.json: every experiment's fault, written before any training."""
-    per_epoch = Trial(plans[0].spec).stream.steps_per_epoch
+    per_epoch = Trial.inspect(plans[0].spec).steps_per_epoch
     entries = []
     for i, p in enumerate(plans):
         event = p.spec["events"][0]
