@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..graph import walk
 from ..models.outputs import forward
 
 # autograd nodes that only move, view, select or cast their input: a parameter seen through
@@ -106,21 +107,8 @@ def read_graph(root) -> tuple[dict[int, set], set[int]]:
     """(consumers: for each leaf's id, the names of the operations that use it, looking through
     views and casts; head: the ids of the leaves that are operands of the matrix products
     nearest to `root`)."""
-    parents, leaves, reached, stack = {}, {}, {}, [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in reached:
-            continue
-        reached[id(node)] = node
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            parents.setdefault(id(child), []).append(node)
-            variable = getattr(child, "variable", None)
-            if variable is not None:
-                leaves[id(variable)] = child
-            stack.append(child)
-    consumers = {leaf: uses_of(node, parents) for leaf, node in leaves.items()}
+    graph = walk(root)
+    consumers = {leaf: uses_of(node, graph.parents) for leaf, node in graph.leaves.items()}
     return consumers, head_leaves(root)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..graph import walk
 from ..models.outputs import forward
 from .rules import rule_of, supported
 
@@ -69,25 +70,6 @@ def check_no_mixing(model: nn.Module, mode: str) -> None:
                             "gradient exists; use GroupNorm or LayerNorm, or freeze it in eval mode")
 
 
-def graph_leaves(root) -> tuple[dict[int, int], dict[int, object]]:
-    """Walk an autograd graph from `root`: (uses: edges into each leaf's accumulator, keyed by
-    the leaf's id; reached: every node, keyed by id, kept alive so ids stay unique)."""
-    uses, reached, stack = {}, {}, [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in reached:
-            continue
-        reached[id(node)] = node
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            variable = getattr(child, "variable", None)
-            if variable is not None:
-                uses[id(variable)] = uses.get(id(variable), 0) + 1
-            stack.append(child)
-    return uses, reached
-
-
 def module_leaves(output_fn, input_fn) -> set[int]:
     """Ids of the leaves a module's own computation reads: the graph from its output down to,
     and not into, the graph of its input."""
@@ -107,7 +89,8 @@ def module_leaves(output_fn, input_fn) -> set[int]:
 
 def check_uses(losses: torch.Tensor, records: dict, params: list, owners: dict, mode: str) -> None:
     """Every trainable parameter reaches the loss once, through its own module's call."""
-    uses, reached = graph_leaves(losses.grad_fn)
+    graph = walk(losses.grad_fn)
+    uses, reached = graph.uses, graph.reached
     through_module = {}
     for name, record in records.items():
         output_fn = record.output.grad_fn
