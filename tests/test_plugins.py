@@ -357,3 +357,123 @@ def test_torchvision_resnet18_on_cifar10_format_files(tmp_path):
     assert "a Dataset of 80 training samples" in summary["data_source"]
     assert summary["arms"]["muon"]["param_groups"]["muon"]["roles"]["conv"] > 10_000_000  # resnet18's filters
     assert any("augmented" in note for note in summary["notes"])
+
+
+KINDS_PLUGIN = '''
+"""One file: a fault model, a probe and a DP layer rule of the user's own."""
+import torch
+from torch import nn
+
+import trainlab
+from trainlab.privacy.rules import register_rule
+from trainlab.probes import probe_every
+
+
+@trainlab.register_fault_model("halve")
+class Halve(trainlab.FaultModel):
+    doc = "halve the hit elements"
+
+    def apply(self, old, prepared):
+        return old / 2
+
+
+class NormOptions(trainlab.Options):
+    squared: bool = False
+
+
+class WeightNorm(trainlab.Hook):
+    def __init__(self, options):
+        self.every, self.squared = options["every"], options["squared"]
+
+    def on_step_end(self, trial, step):
+        if step % probe_every(trial, self.every) == 0:
+            for arm in trial.arms:
+                norm = sum(float(p.detach().pow(2).sum()) for p in arm.model.parameters())
+                trial.log({"kind": "probe", "probe": "weight-norm", "arm": arm.name, "step": step,
+                           "norm": norm if self.squared else norm ** 0.5})
+
+
+trainlab.register_probe("weight-norm", WeightNorm, Options=NormOptions, doc="total weight norm")
+
+
+class Gain(nn.Module):
+    """y = x * g, one gain per feature."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(features))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+@register_rule(Gain)
+class GainRule:
+    params = ("gain",)
+
+    @staticmethod
+    def check(module):
+        pass
+
+    @staticmethod
+    def per_sample(x, g):
+        return (x * g).reshape(len(x), -1, x.shape[-1]).sum(1)  # [B, features]
+
+    @classmethod
+    def norms_sq(cls, module, x, g, keys, method, tile, budget=None):
+        grads = cls.per_sample(x, g)
+        return {"gain": grads.pow(2).sum(1)}, {"gain": grads}
+
+    @classmethod
+    def clipped(cls, module, x, g, c, keys, cache=None):
+        return {"gain": c @ (cache or {}).get("gain", cls.per_sample(x, g))}
+
+
+def gained_model():
+    return nn.Sequential(nn.Linear(5, 8), Gain(8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 5, generator=g)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    return (x[:160], y[:160]), (x[160:], y[160:])
+'''
+
+
+def test_a_fault_model_a_probe_and_a_dp_rule_are_each_one_file_of_the_users(tmp_path, monkeypatch):
+    (tmp_path / "kinds.py").write_text(KINDS_PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    task = {"name": "python", "model": "kinds:gained_model", "data": "kinds:data"}
+    spec = {"name": "kinds", "plugins": ["kinds"], "task": task,
+            "arms": [{"optimizer": "sgd", "lr": 0.1},
+                     {"name": "dp", "optimizer": "sgd", "lr": 0.1,
+                      "privacy": {"mode": "bk", "max_grad_norm": 0.5, "noise_multiplier": 0.0}}],
+            "plan": {"steps": 6, "batch_size": 20, "eval_every": 3, "dtype": "float64"},
+            "events": [{"kind": "fault", "step": 2, "tensor": "1.gain", "indices": [0, 3], "fault": "halve"}],
+            "probes": [{"kind": "weight-norm", "every": 2, "squared": True}],
+            "output": {"root": str(tmp_path / "runs")}}
+    study = run_study(spec, quiet=True)
+    frame = load(study)
+    norms = frame[frame["probe"] == "weight-norm"]
+    assert sorted(norms["step"].unique()) == [2, 4, 6] and (norms["norm"] > 0).all()
+    injection = json.loads(next(study.glob("trials/*/injection_config.json")).read_text())
+    for arm in ("sgd", "dp"):
+        assert injection["arms"][arm]["new"] == [v / 2 for v in injection["arms"][arm]["old"]]
+    # the user's DP rule gives the reference's (torch.func) clipped gradient
+    from trainlab.privacy import DPEngine
+    import kinds
+
+    torch.manual_seed(0)
+    model = kinds.gained_model().double()
+    (x, y), _ = kinds.data()
+    x = x.double()
+    grads = {}
+    for mode in ("per_sample", "bk", "ghost", "fused"):
+        for p in model.parameters():
+            p.grad = None
+        DPEngine(model, mode, max_grad_norm=0.3).backward(x[:16], y[:16])
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+    for mode in ("bk", "ghost", "fused"):
+        for a, b in zip(grads["per_sample"], grads[mode]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
