@@ -9,6 +9,8 @@ from trainlab.errors import UserError
 from trainlab.models.moe import RMSNorm as TrainlabRMSNorm
 from trainlab.privacy import MODES, DPEngine, per_sample_loss
 
+from conftest import needs_shakespeare
+
 DP_MODES = [m for m in MODES if m != "no_dp"]
 
 
@@ -322,6 +324,7 @@ def test_no_clip_no_noise_dp_equals_plain_sgd_on_fixed_batches(tmp_path):
     assert arms["unclipped"]["final_test_loss"] == pytest.approx(arms["plain"]["final_test_loss"], rel=1e-10)
 
 
+@needs_shakespeare
 def test_dp_arms_refuse_what_they_cannot_do(tmp_path):
     from conftest import small_spec
     from trainlab.errors import SpecError
