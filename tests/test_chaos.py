@@ -248,3 +248,28 @@ def test_a_study_runs_in_one_process_at_a_time(tmp_path):
 
     with StudyStore.open(study).lock():  # the killed holder left no lock behind
         assert (study / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_the_dp_consistency_suite_resumes_after_sigkill_and_its_report_is_rebuilt(tmp_path):
+    """The suite is a study: kill it after its first trial, resume it, rebuild its report."""
+    argv = [sys.executable, "-m", "trainlab", "dp-consistency", "--model", "gpt-tiny", "--modes", "bk", "ghost",
+            "--steps", "3", "--batch-size", "4", "--seq-len", "16", "--output-root", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/trials/*/summary.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = next(tmp_path.glob("dp-consistency-*"))
+    done = len(list(study.glob("trials/*/summary.json")))
+    assert 1 <= done < 6 and not (study / "summary.md").exists()
+    resumed = subprocess.run([sys.executable, "-m", "trainlab", "resume", str(study), "--quiet"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["passed"] and summary["finished"] == summary["trials"] == 6  # 2 regimes x (reference + 2 modes)
+    first = (study / "summary.md").read_text()
+    (study / "summary.md").unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "trainlab", "report", str(study)], capture_output=True, text=True)
+    assert rebuilt.returncode == 0 and (study / "summary.md").read_text() == first

@@ -215,18 +215,33 @@ class OutputSpec(Strict):
         return value
 
 
+class JobSpec(Open):
+    """A trial that runs a job plugin instead of the lock-step trainer (a recipe's stage)."""
+
+    kind: str
+    after: list[int] = Field(default_factory=list, description="trial indices that must finish first (their "
+                                                              "outputs are this job's inputs)")
+
+
 class StudySpec(Strict):
     name: str = Field("study", pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     plugins: list[str] = Field(default_factory=list, description="modules that register tasks, optimizers, probes, "
                                "... (importable from the spec's folder or PYTHONPATH)")
     task: TaskSpec = TaskSpec()
-    arms: list[ArmSpec] = Field(min_length=1)
+    arms: list[ArmSpec] = Field(default_factory=list, description="required, unless the trials are jobs")
+    job: JobSpec | None = Field(None, description="each trial runs this job plugin instead of training arms")
     plan: PlanSpec = PlanSpec()
     events: list[EventSpec] = Field(default_factory=list)
     probes: list[ProbeSpec] = Field(default_factory=list)
     sweep: SweepSpec = SweepSpec()
     output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _arms(self):
+        if not self.arms and self.job is None:
+            raise ValueError("give at least one arm (arms: [{optimizer: ..., lr: ...}])")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -389,6 +404,10 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
         resolved["arms"][i] = {**arm.model_dump(mode="json", exclude=set(arm.model_extra)), **hparams}
         resolved["arms"][i]["mitigations"] = resolve_plugins(arm.mitigations, registries.mitigations,
                                                              f"arms.{i}.mitigations", context)
+    if spec.job is not None:
+        job = registries.jobs.get(spec.job.kind, "job.kind")
+        fixed = spec.job.model_dump(mode="json", exclude=set(spec.job.model_extra))
+        resolved["job"] = {**fixed, **validate_options(job.Options, spec.job.model_extra, "job", context)}
     resolved["events"] = resolve_plugins(spec.events, registries.events, "events", context)
     resolved["probes"] = resolve_plugins(spec.probes, registries.probes, "probes", context)
     registries.reports.get(spec.output.report, "output.report")

@@ -225,7 +225,7 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
         for plan in plans:
             gpus = 1 if plan.spec["plan"]["device"].startswith("cuda") else 0
             options = task.options(num_cpus=1 if address is None else threads, num_gpus=gpus, max_retries=RAY_RETRIES)
-            pending[options.remote(plan, threads, extras)] = plan
+            pending[options.remote(plan, threads, extras, str(store.root))] = plan
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             plan = pending.pop(done[0])
@@ -270,12 +270,12 @@ def local_modules(spec: dict) -> list[str]:
     return paths
 
 
-def run_detached(plan, threads: int, extras: Extras) -> dict:
+def run_detached(plan, threads: int, extras: Extras, study_root: str) -> dict:
     """Run one trial in a scratch folder and return its files and summary, None when it failed
     (its failure.json is among the files). Runs on a Ray worker."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="trainlab-trial-") as scratch:
-        store = StudyStore(Path(scratch), {"spec": plan.spec, "trials": [plan.describe()]})
+        store = StudyStore(Path(scratch), {"spec": plan.spec, "trials": [plan.describe()]}, inputs_root=Path(study_root))
         summary = run_trial(store, plan, 0, quiet=True, extras=extras)
         folder = store.trial_dir(plan.index)
         files = {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))

@@ -14,7 +14,7 @@ from .executor import ExecutorOptions, run_trials
 from .optuna_search import search
 from .store import StudyStore
 from .sweep import TrialPlan, expand, plans_for
-from .trial import Extras
+from .trial import Extras, job_of
 
 
 def preflight(plans: list[TrialPlan]) -> None:
@@ -24,10 +24,13 @@ def preflight(plans: list[TrialPlan]) -> None:
     for plan in plans:
         # the length of training changes none of these checks: trials differing only in it share one
         setup = {k: v for k, v in plan.spec["plan"].items() if k not in ("steps", "epochs")}
-        signature = repr((plan.spec["task"], setup, plan.spec["arms"]))
+        signature = repr((plan.spec["task"], setup, plan.spec["arms"], plan.spec.get("job")))
         if signature not in seen:
             seen.add(signature)
-            Trial(plan.spec)
+            if plan.spec.get("job"):
+                job_of(plan.spec).check(plan.spec)
+            else:
+                Trial(plan.spec)
 
 
 def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
@@ -43,6 +46,8 @@ def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
 
 def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool, executor: ExecutorOptions,
               extras: Extras | None = None) -> None:
+    """Run `todo` in waves: a trial whose job runs after other trials waits for them; one whose
+    inputs failed is recorded as failed too."""
     on_trial_end = report_of(store).trait("on_trial_end")
 
     def finished(plan: TrialPlan) -> None:  # recipe outputs are written by this process, in any executor
@@ -52,7 +57,23 @@ def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool,
         if failure and not quiet:
             print(f"trial {plan.index} failed: {failure['reason']}", file=sys.stderr)
 
-    run_trials(store, todo, executor, quiet, finished, total, extras)
+    waiting = list(todo)
+    while waiting:
+        ready = [plan for plan in waiting if all(store.finished_index(i) for i in after(plan))]
+        pending = {plan.index for plan in waiting}
+        blocked = [plan for plan in waiting if plan not in ready  # an input that will not run now and is not done
+                   and any(i not in pending and not store.finished_index(i) for i in after(plan))]
+        for plan in blocked:
+            store.fail_trial(plan, f"it runs after trial(s) {after(plan)}, and one of them failed")
+            finished(plan)
+        if not ready:
+            break
+        run_trials(store, ready, executor, quiet, finished, total, extras)
+        waiting = [plan for plan in waiting if plan not in ready and plan not in blocked]
+
+
+def after(plan: TrialPlan) -> list[int]:
+    return list((plan.spec.get("job") or {}).get("after", []))
 
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,

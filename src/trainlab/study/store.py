@@ -78,9 +78,11 @@ def environment() -> dict:
 
 
 class StudyStore:
-    def __init__(self, root: Path, meta: dict):
+    def __init__(self, root: Path, meta: dict, inputs_root: Path | None = None):
         self.root = Path(root)
         self.meta = meta
+        self.inputs_root = Path(inputs_root or root)  # where a job finds the trials it runs after (a Ray
+        # task trains in a scratch folder, but reads its inputs from the study itself)
 
     @property
     def spec(self) -> dict:
@@ -146,8 +148,20 @@ class StudyStore:
     def trial_dir(self, index: int) -> Path:
         return self.root / self.spec["output"]["trial_dir"].format(index=index)
 
+    def input_dir(self, index: int) -> Path:
+        """The folder of trial `index` as an input of another trial (a job's `after`)."""
+        return self.inputs_root / self.spec["output"]["trial_dir"].format(index=index)
+
     def trial_dirs(self) -> list[tuple[int, Path]]:
         return [(t["index"], self.trial_dir(t["index"])) for t in self.meta.get("trials", [])]
+
+    def finished_index(self, index: int) -> bool:
+        """Whether trial `index` of this study has its summary (whatever its plan)."""
+        trial = next((t for t in self.meta.get("trials", []) if t["index"] == index), None)
+        try:
+            return trial is not None and read_json(self.trial_dir(index) / "summary.json").get("key") == trial["key"]
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def finished(self, plan: TrialPlan) -> bool:
         path = self.trial_dir(plan.index) / "summary.json"

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Trial
 from ..errors import one_line
+from ..plugin import registries
 from .store import StudyStore
 from .sweep import TrialPlan
 
@@ -26,6 +27,18 @@ class Extras:
 
     hooks: list = field(default_factory=list)
     sinks: list = field(default_factory=list)
+
+
+@dataclass
+class JobContext:
+    """What a job sees: its trial's folder, the folders of the trials it runs after, a sink for
+    its records (the trial's metrics stream), and progress on/off."""
+
+    index: int
+    folder: object  # Path of this trial's folder
+    inputs: dict  # trial index -> Path of that trial's folder (the job's `after`)
+    sink: object
+    quiet: bool = True
 
 
 class Tee:
@@ -53,10 +66,14 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
                                   file=sys.stderr, dynamic_ncols=True)
     try:
         sink = Tee(writer, extras.sinks, plan.index) if extras.sinks else writer
-        trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar, hooks=extras.hooks)
-        if bar is not None:
-            bar.total = trial.total_steps
-        summary = trial.run()
+        if plan.spec.get("job"):
+            summary = run_job(store, plan, sink, quiet)
+        else:
+            trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar,
+                          hooks=extras.hooks)
+            if bar is not None:
+                bar.total = trial.total_steps
+            summary = trial.run()
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the study stops; nothing of this trial is lost that a resume would not redo
@@ -68,3 +85,16 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
             bar.close()
     store.finish_trial(plan, summary)
     return summary
+
+
+def job_of(spec: dict):
+    """The job plugin a trial's spec names."""
+    found = registries(spec.get("plugins", []), spec.get("plugin_path"))
+    return found.jobs.get(spec["job"]["kind"], "job.kind").target
+
+
+def run_job(store: StudyStore, plan: TrialPlan, sink, quiet: bool) -> dict:
+    folder = store.trial_dir(plan.index)
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = {i: store.input_dir(i) for i in plan.spec["job"]["after"]}
+    return job_of(plan.spec).run(plan.spec, JobContext(plan.index, folder, inputs, sink, quiet))
