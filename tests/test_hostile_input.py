@@ -143,12 +143,10 @@ def nothing_heavy(monkeypatch, no_training):
     import trainlab.recipes.dp_profile as profile
     import trainlab.recipes.batch_size as profiler
     import trainlab.recipes.dp_consistency as dpc
-    import trainlab.recipes.dynamics as dynamics
 
     monkeypatch.setattr(dpc, "run_mode", lambda *a, **k: (_ for _ in ()).throw(SystemExit("stub reached")))
     monkeypatch.setattr(profile, "profile", lambda *a, **k: [])
     monkeypatch.setattr(profiler, "profile_batch_sizes", lambda *a, **k: [])
-    monkeypatch.setattr(dynamics, "run_pipeline", lambda *a, **k: "stub")
 
 
 @SETTINGS

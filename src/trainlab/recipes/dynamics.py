@@ -1,20 +1,29 @@
-"""SGD vs GD dynamics: one pipeline of six stages per setup.
+"""SGD vs GD dynamics: a study of six stages per setup.
 
-    trainlab dynamics --setup 1                     # every stage, skipping finished ones
-    trainlab dynamics --setup 1 --stage 4 --force   # one stage again
+    trainlab dynamics --setup 1                                # a new study of every stage
     trainlab dynamics --setup 1 --set stage1_epochs=1 --set runs=50
+    trainlab resume runs/dynamics-setup1-<stamp>              # after a kill: the unfinished stages
+    trainlab dynamics --results-dir DIR --stage 4 --force     # stage 4 (and what depends on it) again
 
-1 sgd          SGD from initialisation -> stage1_sgd/checkpoint.pt
-2 gd           full-batch GD continued from stage 1 -> stage2_gd/checkpoint.pt
-3 hessian      for each learning rate, SGD steps from the GD checkpoint recording the parameters and
-               the top Hessian eigenvalues of each minibatch loss -> stage3_hessian/lr_<lr>.npz
-4 many-sgd     R independent SGD runs from the GD checkpoint (seed + i), batched -> stage4_runs/lr_<lr>/
-5 gd-runs      GD from the GD checkpoint with learning rate `default` or scaled by N/B -> stage5_gd/
-6 val-loss     validation-loss distribution of stage 4: CSV, summary.json, histograms -> stage6_val_loss/
-Every stage uses the setup's task, data, sampler, dtype and device.
+1 sgd          SGD from initialisation -> checkpoint.pt
+2 gd           full-batch GD continued from stage 1 -> checkpoint.pt
+3 hessian      for one learning rate, SGD steps from the GD checkpoint recording the parameters and
+               the top Hessian eigenvalues of each minibatch loss -> trajectory.npz, trajectory.json
+4 many-sgd     for one learning rate, R independent SGD runs from the GD checkpoint (seed + i),
+               batched -> weights.npy, losses.npy, runs.json
+5 gd-runs      for one learning rate, GD from the GD checkpoint (lr `default` or scaled by N/B)
+6 val-loss     the report: the validation-loss distribution of stage 4 -> val_loss/ (CSV,
+               summary.json, histograms) and report.md
+
+Each of stages 1-5 (per learning rate for 3-5) is one trial of the study, a `dynamics` job that
+runs after the trials whose checkpoint it starts from (stages/<index>/, with stage.json naming
+it); stage 6 is the study's report. So the study runs in any executor, resumes after a kill
+with `trainlab resume`, and `trainlab report` rebuilds stage 6. Every stage uses the setup's
+task, data, sampler, dtype and device.
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Literal
@@ -30,13 +39,15 @@ from ..engine.ensemble import run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
 from ..io import atomic_write_json
 from ..options import Strict
-from ..plugin import register_command
+from ..io import atomic_write_text, read_json
+from ..plugin import register_command, register_job, register_report
 from ..report.plotting import pyplot
 from ..spec import load_spec, parse_set, set_path
-from ..study.store import MetricsWriter
-from .flags import Command, add_common, add_sets
+from ..study import resume_study, run_study
+from ..study.store import StudyStore
+from .flags import Command, add_common, add_sets, add_workers, executor_of
 
-STAGES = {1: "stage1_sgd", 2: "stage2_gd", 3: "stage3_hessian", 4: "stage4_runs", 5: "stage5_gd", 6: "stage6_val_loss"}
+STAGES = {1: "sgd", 2: "gd", 3: "hessian", 4: "many-sgd", 5: "gd-runs", 6: "val-loss"}
 
 
 SIMILAR_DIGITS = [3, 5, 8]  # mnist_similar: digits that are easily confused
@@ -108,27 +119,15 @@ def trial_spec(s: DynamicsSetup, optimizer: str, lr: float, steps=None, epochs=N
                                "eval_every": 10**9, "init_from": str(init_from) if init_from else None}})
 
 
-def train_and_save(spec: dict, folder: Path) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = MetricsWriter(folder / "metrics.jsonl")
-    trial = Trial(spec, sink=writer)
+def run_trial(spec: dict, folder: Path, sink) -> tuple[Trial, dict]:
+    """Train a stage's trial into its folder; its final weights in checkpoint.pt."""
+    trial = Trial(spec, sink=sink)
     summary = trial.run()
-    writer.close()
-    arm = trial.arms[0]
-    torch.save(arm.model.state_dict(), folder / "checkpoint.pt")
-    atomic_write_json(folder / "summary.json", {**summary, "spec": spec})
-    return summary
+    torch.save(trial.arms[0].model.state_dict(), folder / "checkpoint.pt")
+    return trial, summary
 
 
-# ---------------------------------------------------------------- the stages
-
-
-def stage1(s: DynamicsSetup, root: Path) -> None:
-    train_and_save(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs), root / STAGES[1])
-
-
-def stage2(s: DynamicsSetup, root: Path) -> None:
-    train_and_save(trial_spec(s, "gd", s.gd_lr, steps=s.gd_steps, init_from=need(root, 1)), root / STAGES[2])
+# ---------------------------------------------------------------- the stages, as jobs
 
 
 class HessianTrajectory(Hook):
@@ -151,59 +150,127 @@ class HessianTrajectory(Hook):
         self.products += op.products
 
 
-def stage3(s: DynamicsSetup, root: Path) -> None:
-    folder = root / STAGES[3]
-    folder.mkdir(parents=True, exist_ok=True)
-    for lr in s.lrs:
-        trial = Trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=need(root, 2)))
-        hook = HessianTrajectory(s.hessian_top)
-        trial.hooks.append(hook)
-        trial.run()
-        final = torch.cat([p.detach().reshape(-1) for p in trial.arms[0].model.parameters()]).double().cpu().numpy()
-        np.savez(folder / f"lr_{lr:g}.npz", params=np.stack([*hook.params, final]),
-                 eigenvalues=np.stack(hook.eigenvalues), lr=lr)
-        atomic_write_json(folder / f"lr_{lr:g}.json", {"lr": lr, "method": "exact" if hook.params[0].size <= 1000
-                                                        else "lanczos", "notes": trial.notes})
-        progress(f"stage 3: lr {lr:g}: {s.hessian_steps} minibatch Hessians, top eigenvalue at the start "
-                 f"{hook.eigenvalues[0][0]:.4g}, at the end {hook.eigenvalues[-1][0]:.4g}")
+class StageOptions(Strict):
+    stage: int = Field(1, ge=1, le=5, description="1 sgd, 2 gd, 3 hessian, 4 many-sgd, 5 gd-runs")
+    lr: float | None = Field(None, gt=0, description="stages 3-5: the learning rate")
+    setup: dict = Field(default_factory=dict, description="the setup's fields (trainlab dynamics --setup N --set ...)")
 
 
-def stage4(s: DynamicsSetup, root: Path) -> None:
-    for lr in s.lrs:
-        folder = root / STAGES[4] / f"lr_{lr:g}"
-        folder.mkdir(parents=True, exist_ok=True)
-        spec = trial_spec(s, "sgd", lr, steps=s.run_steps, init_from=need(root, 2))
-        result = run_ensemble(spec, s.runs, record_steps=[s.run_steps], out_dir=folder)
-        np.save(folder / "losses.npy", result.losses)
-        atomic_write_json(folder / "runs.json", {
-            "lr": lr, "seeds": result.seeds, "method": result.method, "sampler": s.sampler,
-            "first": {k: v.tolist() for k, v in result.eval_first.items()},
-            "last": {k: v.tolist() for k, v in result.eval_last.items()}})
-        progress(f"stage 4: lr {lr:g}: {s.runs} runs x {s.run_steps} steps ({result.method})")
+class DynamicsStage:
+    @staticmethod
+    def check(spec: dict) -> None:
+        setup = DynamicsSetup.model_validate(spec["job"]["setup"])
+        trial_spec(setup, "sgd", setup.stage1_lr, steps=1)  # the task and plan resolve
+
+    @staticmethod
+    def run(spec: dict, context) -> dict:
+        job = spec["job"]
+        s, stage, lr = DynamicsSetup.model_validate(job["setup"]), job["stage"], job["lr"]
+        start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
+        init = start / "checkpoint.pt" if start is not None else None
+        folder = context.folder
+        atomic_write_json(folder / "stage.json", {"stage": stage, "name": STAGES[stage], "lr": lr})
+        if stage == 1:
+            _, summary = run_trial(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs), folder, context.sink)
+        elif stage == 2:
+            _, summary = run_trial(trial_spec(s, "gd", s.gd_lr, steps=s.gd_steps, init_from=init), folder, context.sink)
+        elif stage == 3:
+            summary = hessian_stage(s, lr, init, folder, context.sink)
+        elif stage == 4:
+            summary = ensemble_stage(s, lr, init, folder)
+        else:
+            size = Trial.inspect(trial_spec(s, "gd", 0.1, steps=1)).n_train
+            scaled = lr * size / s.batch_size if s.gd_scaling == "N/B" else lr
+            _, summary = run_trial(trial_spec(s, "gd", scaled, steps=s.gd_run_steps, init_from=init), folder,
+                                   context.sink)
+            summary = {**summary, "gd_lr": scaled, "scaling": s.gd_scaling}
+        if not context.quiet:
+            print(f"dynamics stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''}) done", file=sys.stderr)
+        return {"stage": stage, "name": STAGES[stage], "lr": lr, **summary}
 
 
-def stage5(s: DynamicsSetup, root: Path) -> None:
-    n = trial_spec(s, "gd", 0.1, steps=1)  # only for the training-set size
-    size = Trial.inspect(n).n_train
-    rows = []
-    for lr in s.lrs:
-        scaled = lr * size / s.batch_size if s.gd_scaling == "N/B" else lr
-        summary = train_and_save(trial_spec(s, "gd", scaled, steps=s.gd_run_steps, init_from=need(root, 2)),
-                                 root / STAGES[5] / f"lr_{lr:g}")
-        arm = summary["arms"]["gd"]
-        rows.append({"lr": lr, "gd_lr": scaled, "scaling": s.gd_scaling, "final_val_loss": arm["final_test_loss"],
-                     "final_val_accuracy": arm["final_test_accuracy"], "diverged": arm["diverged"]})
-    atomic_write_json(root / STAGES[5] / "summary.json", rows)
+def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink) -> dict:
+    trial = Trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=init), sink=sink)
+    hook = HessianTrajectory(s.hessian_top)
+    trial.hooks.append(hook)
+    summary = trial.run()
+    final = torch.cat([p.detach().reshape(-1) for p in trial.arms[0].model.parameters()]).double().cpu().numpy()
+    np.savez(folder / "trajectory.npz", params=np.stack([*hook.params, final]), eigenvalues=np.stack(hook.eigenvalues),
+             lr=lr)
+    method = "exact" if hook.params[0].size <= 1000 else "lanczos"
+    atomic_write_json(folder / "trajectory.json", {"lr": lr, "method": method, "notes": trial.notes,
+                                                   "hessian_vector_products": hook.products})
+    return {**summary, "top_eigenvalue_first": float(hook.eigenvalues[0][0]),
+            "top_eigenvalue_last": float(hook.eigenvalues[-1][0]), "method": method}
 
 
-def stage6(s: DynamicsSetup, root: Path) -> None:
-    plt = pyplot()
+def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path) -> dict:
+    spec = trial_spec(s, "sgd", lr, steps=s.run_steps, init_from=init)
+    result = run_ensemble(spec, s.runs, record_steps=[s.run_steps], out_dir=folder)
+    np.save(folder / "losses.npy", result.losses)
+    atomic_write_json(folder / "runs.json", {
+        "lr": lr, "seeds": result.seeds, "method": result.method, "sampler": s.sampler,
+        "first": {k: v.tolist() for k, v in result.eval_first.items()},
+        "last": {k: v.tolist() for k, v in result.eval_last.items()}})
+    return {"runs": s.runs, "method": result.method, "last_val_loss_std": float(np.std(result.eval_last["loss"], ddof=1))}
 
-    folder = root / STAGES[6]
-    folder.mkdir(parents=True, exist_ok=True)
+
+register_job("dynamics", DynamicsStage, Options=StageOptions, doc="one stage of the SGD vs GD dynamics study")
+
+
+def study_spec(s: DynamicsSetup, output_root: str, stages: list[int]) -> dict:
+    """Stages 1 and 2, then stages 3-5 per learning rate (each after stage 2), as trials."""
+    wanted = set(stages) | ({1, 2} if set(stages) & {3, 4, 5, 6} else set()) | ({1} if 2 in stages else set())
+    wanted |= {4} if 6 in stages else set()
+    points = []
+
+    def add(stage, lr=None, after=()):
+        points.append({"job.stage": stage, "job.lr": lr, "job.after": list(after)})
+        return len(points) - 1
+
+    first = add(1) if 1 in wanted else None
+    second = add(2, after=[first]) if 2 in wanted else None
+    for stage in (3, 4, 5):
+        if stage in wanted:
+            for lr in s.lrs:
+                add(stage, lr, [second])
+    return {"name": f"dynamics-setup{s.setup}", "seed": s.seed,
+            "job": {"kind": "dynamics", "setup": s.model_dump(mode="json"), "stage": 1},
+            "sweep": {"points": points},
+            "output": {"root": output_root, "report": "dynamics", "trial_dir": "stages/{index:02d}"}}
+
+
+# ---------------------------------------------------------------- stage 6: the report
+
+
+def stage_trials(store: StudyStore) -> dict:
+    """(stage, lr) -> the folder of that finished stage's trial."""
+    found = {}
+    for trial in store.meta.get("trials", []):
+        folder = store.trial_dir(trial["index"])
+        if (folder / "summary.json").exists():
+            found[(trial["overrides"]["job.stage"], trial["overrides"]["job.lr"])] = folder
+    return found
+
+
+def build_dynamics_report(study_dir) -> Path:
+    """Stage 6: the validation-loss distribution of the many-run stage, per learning rate."""
+    store = StudyStore.open(study_dir)
+    s = DynamicsSetup.model_validate(store.spec["job"]["setup"])
+    stages = stage_trials(store)
+    folder = store.root / "val_loss"
+    lines = [f"# SGD vs GD dynamics, setup {s.setup}", "",
+             f"- task `{s.task['name']}` ({s.dataset}), sampler {s.sampler}, {s.dtype}, batch {s.batch_size}, seed {s.seed}",
+             f"- stages finished: {', '.join(f'{STAGES[k]}' + (f' lr {lr:g}' if lr else '') for k, lr in sorted(stages, key=lambda t: (t[0], t[1] or 0)))}",
+             ""]
+    lrs = [lr for lr in s.lrs if (4, lr) in stages]
+    if not lrs:
+        lines += ["The many-run stage has not finished: no validation-loss distribution yet.", ""]
+        return atomic_write_text(store.root / "report.md", "\n".join(lines))
+    folder.mkdir(exist_ok=True)
     rows, summary = [], {}
-    for lr in s.lrs:
-        runs_dir = need_dir(root, 4) / f"lr_{lr:g}"
+    for lr in lrs:
+        runs_dir = stages[(4, lr)]
         runs = json.loads((runs_dir / "runs.json").read_text())
         for i, seed in enumerate(runs["seeds"]):
             rows.append({"lr": lr, "sampler": s.sampler, "run": i, "seed": seed,
@@ -211,7 +278,7 @@ def stage6(s: DynamicsSetup, root: Path) -> None:
                          "first_val_accuracy": runs["first"]["accuracy"][i], "last_val_accuracy": runs["last"]["accuracy"][i]})
         last = np.array(runs["last"]["loss"])
         weights = np.load(runs_dir / "weights.npy", mmap_mode="r")
-        mean_model = mean_weight_loss(s, root, lr, np.asarray(weights[:, -1]).mean(axis=0))
+        mean_model = mean_weight_loss(s, stages[(2, None)] / "checkpoint.pt", lr, np.asarray(weights[:, -1]).mean(axis=0))
         summary[f"lr={lr:g}"] = {"sampler": s.sampler, "runs": len(last), "mean": float(last.mean()),
                                  "std": float(last.std(ddof=1)),
                                  "quantiles": {str(q): float(np.quantile(last, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
@@ -220,12 +287,26 @@ def stage6(s: DynamicsSetup, root: Path) -> None:
     frame = pd.DataFrame(rows)
     frame.to_csv(folder / "val_loss.csv", index=False)
     stds = {k: v["std"] for k, v in summary.items()}
-    ordered = [summary[f"lr={lr:g}"]["std"] for lr in sorted(s.lrs)]
+    ordered = [summary[f"lr={lr:g}"]["std"] for lr in sorted(lrs)]
     summary["spread_grows_with_lr"] = bool(all(a < b for a, b in zip(ordered, ordered[1:])))
     summary["std_by_lr"] = stds
     atomic_write_json(folder / "summary.json", summary)
-    fig, axes = plt.subplots(1, len(s.lrs), figsize=(5 * len(s.lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], s.lrs):
+    histograms(frame, summary, lrs, folder / "histograms.png")
+    lines += ["## Validation loss after the last step of each run", "",
+              "| lr | runs | mean | std | 5% | 95% | mean-weight model |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {lr:g} | {summary[f'lr={lr:g}']['runs']} | {summary[f'lr={lr:g}']['mean']:.6g} | "
+              f"{summary[f'lr={lr:g}']['std']:.4g} | {summary[f'lr={lr:g}']['quantiles']['0.05']:.6g} | "
+              f"{summary[f'lr={lr:g}']['quantiles']['0.95']:.6g} | {summary[f'lr={lr:g}']['mean_weight_model_val_loss']:.6g} |"
+              for lr in lrs]
+    lines += ["", f"Spread grows with the learning rate: {summary['spread_grows_with_lr']}.", "",
+              "![histograms](val_loss/histograms.png)", ""]
+    return atomic_write_text(store.root / "report.md", "\n".join(lines))
+
+
+def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
         values = frame[frame["lr"] == lr]["last_val_loss"]
         ax.hist(values, bins=30, color="tab:blue", alpha=0.8)
         ax.axvline(summary[f"lr={lr:g}"]["mean_weight_model_val_loss"], color="crimson", ls="--",
@@ -233,80 +314,70 @@ def stage6(s: DynamicsSetup, root: Path) -> None:
         ax.set(title=f"lr {lr:g}: std {values.std():.3g}", xlabel="validation loss after the last step", ylabel="runs")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "histograms.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    progress("stage 6: " + "; ".join(f"{k}: std {v:.4g}" for k, v in stds.items())
-             + f"; spread grows with lr: {summary['spread_grows_with_lr']}")
 
 
-def mean_weight_loss(s: DynamicsSetup, root: Path, lr: float, flat: np.ndarray) -> float:
-    trial = Trial(trial_spec(s, "sgd", lr, steps=1, init_from=need(root, 2)))
+def mean_weight_loss(s: DynamicsSetup, checkpoint: Path, lr: float, flat: np.ndarray) -> float:
+    trial = Trial(trial_spec(s, "sgd", lr, steps=1, init_from=checkpoint))
     model = trial.arms[0].model
     torch.nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(model.parameters())), list(model.parameters()))
     return trial.evaluate_model(model)["loss"]
 
 
-# ---------------------------------------------------------------- the pipeline
-
-
-def need(root: Path, stage: int) -> Path:
-    path = root / STAGES[stage] / "checkpoint.pt"
-    if not path.exists():
-        raise UserError(f"stage {stage} has not run yet ({path} is missing); run it first")
-    return path
-
-
-def need_dir(root: Path, stage: int) -> Path:
-    path = root / STAGES[stage]
-    if not done(root, stage):
-        raise UserError(f"stage {stage} has not run yet ({path} is missing); run it first")
-    return path
-
-
-def done(root: Path, stage: int) -> bool:
-    marker = root / STAGES[stage] / ".done"
-    return marker.exists()
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-RUNNERS = {1: stage1, 2: stage2, 3: stage3, 4: stage4, 5: stage5, 6: stage6}
-
-
-def run_pipeline(s: DynamicsSetup, root: Path, stages: list[int], force: bool = False) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "setup.json", s.model_dump(mode="json"))
-    for stage in stages:
-        if done(root, stage) and not force:
-            progress(f"stage {stage} ({STAGES[stage]}): outputs exist, skipped (--force runs it again)")
-            continue
-        progress(f"stage {stage} ({STAGES[stage]}) ...")
-        (root / STAGES[stage]).mkdir(parents=True, exist_ok=True)
-        (root / STAGES[stage] / ".done").unlink(missing_ok=True)
-        RUNNERS[stage](s, root)
-        (root / STAGES[stage] / ".done").write_text("")
-    return root
+register_report("dynamics", build_dynamics_report, doc="stage 6 of the dynamics study: validation-loss spread")
 
 
 # ---------------------------------------------------------------- the command
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--setup", type=int, required=True, help="preset 1-8")
-    parser.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K", help="stages to run (default all)")
-    parser.add_argument("--force", action="store_true", help="run stages again even when their outputs exist")
+    parser.add_argument("--setup", type=int, help="preset 1-8 (a new study)")
+    parser.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K",
+                        help="stages to run (default all; the stages they start from are included)")
+    parser.add_argument("--results-dir", metavar="DIR", help="an existing dynamics study: run its unfinished stages, "
+                        "or with --force run --stage K again")
+    parser.add_argument("--force", action="store_true", help="with --results-dir: run --stage K and the stages "
+                        "after it again, replacing their outputs whole")
     parser.add_argument("--output-root", default="runs", metavar="DIR")
     add_sets(parser, "change a setup field, e.g. --set stage1_epochs=1 --set runs=50")
+    add_workers(parser)
     add_common(parser)
 
 
 def run_command(args) -> int:
+    executor = executor_of(args)
+    if args.results_dir:
+        if args.setup is not None or args.sets:
+            raise UserError("--results-dir: the study keeps the settings it was made with; for other settings "
+                            "(--setup, --set) start a new study (without --results-dir)")
+        if args.force:
+            if not args.stage:
+                raise UserError("--force: name the stages to run again with --stage K")
+            redo(StudyStore.open(args.results_dir), args.stage)
+        print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
+        return 0
+    if args.setup is None:
+        raise UserError("--setup: give a setup (1-8) for a new study, or --results-dir DIR for an existing one")
+    if args.force:
+        raise UserError("--force: only with --results-dir (a new study runs every stage it names anyway)")
     setup = setup_of(args.setup, args.sets)
-    root = Path(args.output_root) / f"dynamics-setup{args.setup}"
-    print(run_pipeline(setup, root, args.stage or [1, 2, 3, 4, 5, 6], args.force))
+    print(run_study(study_spec(setup, args.output_root, args.stage or [1, 2, 3, 4, 5, 6]), quiet=args.quiet,
+                    executor=executor))
     return 0
 
 
-register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments, run_command))
+DEPENDENTS = {1: {2, 3, 4, 5}, 2: {3, 4, 5}, 3: set(), 4: set(), 5: set(), 6: set()}
+
+
+def redo(store: StudyStore, stages: list[int]) -> None:
+    """Remove the outputs of `stages`, and of the stages that start from them, whole: the resume
+    that follows runs them again from scratch, never mixing old files with new."""
+    again = set(stages) | {d for stage in stages for d in DEPENDENTS[stage]}
+    for trial in store.meta.get("trials", []):
+        if trial["overrides"]["job.stage"] in again:
+            shutil.rmtree(store.trial_dir(trial["index"]), ignore_errors=True)
+
+
+register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments,
+                                     run_command))
