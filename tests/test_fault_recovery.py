@@ -8,14 +8,15 @@ from trainlab.recipes.fault_recovery import replay
 from trainlab.study.store import read_json
 
 QUICK = ["fault-recovery", "--task", "mnist-mlp", "--num-experiments", "2", "--steps-after-injection", "10",
-         "--optimizers", "adam", "sgd", "rmsprop", "--injection-window", "5:15", "--learning-rate", "0.01",
+         "--optimizers", "adam", "sgd", "rmsprop", "--injection-window", "20:30", "--learning-rate", "0.05",
          "--quiet", "--set", "task.source=offline", "--set", "task.n_train=1000", "--set", "task.n_test=500"]
+TRAINED_SGD = ["--set", "arms.sgd.momentum=0.9"]  # plain SGD at this rate is still near chance by step 20
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fr")
-    assert main([*QUICK, "--output-root", str(root)]) == 0
+    assert main([*QUICK, *TRAINED_SGD, "--output-root", str(root)]) == 0
     (study,) = root.iterdir()
     return study
 
@@ -41,7 +42,7 @@ def test_the_plan_was_drawn_up_front_and_every_arm_was_hit_at_the_same_site(stud
         folder = study / f"experiment_{entry['experiment']:03d}"
         injection = read_json(folder / "injection_config.json")
         assert injection["step"] == entry["step"] and injection["indices"] == entry["indices"]
-        assert injection["tensor"] == entry["tensor"] and 5 <= entry["step"] <= 15
+        assert injection["tensor"] == entry["tensor"] and 20 <= entry["step"] <= 30
         assert entry["epoch"] * (1000 // 64) + entry["step_in_epoch"] == entry["step"]
         for arm, realised in injection["arms"].items():
             assert realised["applied"] and realised["step"] == entry["step"]
@@ -112,3 +113,32 @@ def test_bad_flags_exit_2_naming_the_flag(tmp_path, capsys, extra, words):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_untrained_arms_give_no_conclusion_and_no_winner(tmp_path):
+    """SGD at lr 1e-4 for a handful of steps never leaves chance: the report says so first."""
+    argv = [*QUICK, "--optimizers", "sgd", "adam", "--learning-rate", "0.0001", "--output-root", str(tmp_path)]
+    assert main(argv) == 0
+    report = (next(tmp_path.iterdir()) / "final_report.md").read_text()
+    head = report.split("## Per arm")[0]
+    assert "> **No conclusion**: every arm was near chance" in head and "chance level" in head
+    assert "**No best arm**" in report and "**Best arm**" not in report
+    assert "No two arms to compare." in report
+
+
+def test_a_skipped_weight_flip_is_divergence_and_an_unreached_arm_is_set_apart(tmp_path):
+    """skip_nonfinite keeps weights at 1e37 (finite) but the held-out loss is inf: diverged. Plain
+    SGD keeps no first moment: the optimizer-state fault never reaches it."""
+    flip = [*QUICK, "--num-experiments", "1", "--optimizers", "adam", "--mitigations", "skip_nonfinite",
+            "--fault", "bitflip", "--bit", "30", "--count", "64", "--layer", "net.0.weight",
+            "--output-root", str(tmp_path / "flip")]
+    assert main(flip) == 0
+    results = read_json(next((tmp_path / "flip").iterdir()) / "experiment_000" / "results.json")
+    assert results["arms"]["adam+skip_nonfinite"]["diverged"] is True
+    state = [*QUICK, "--num-experiments", "2", "--optimizers", "adam", "sgd", "rmsprop", "--target", "optimizer_state",
+             "--output-root", str(tmp_path / "state")]
+    assert main(state) == 0
+    report = (next((tmp_path / "state").iterdir()) / "final_report.md").read_text()
+    assert "> **Never reached by the fault**: sgd" in report and "## Not reached by the fault" in report
+    assert "| sgd | 2/2 | sgd keeps no first_moment" in report
+    assert "| adam | sgd |" not in report  # sgd is not compared

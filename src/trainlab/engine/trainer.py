@@ -23,7 +23,7 @@ from ..errors import SpecError, UserError, user_code
 from ..optim import build_optimizer, lr_factor, set_lr_factor
 from ..models.outputs import forward
 from ..plugin import Registries, registries as process_registries
-from ..tasks import perplexity
+from ..tasks import IGNORE, perplexity
 from ..tasks.loading import DatasetBatches, materialise
 from .hooks import ROLLBACK, SKIP, STEP
 from .private import PrivateArm
@@ -396,6 +396,8 @@ class Trial:
                     record["epsilon"] = arm.private.epsilon(step)
                 arm.history.append(record)
                 self.log(record)
+                if not math.isfinite(arm.last_eval["loss"]):  # broken, whatever the guards let through
+                    self.mark_diverged(arm, step, f"held-out loss is {arm.last_eval['loss']}")
         self._hooks("on_eval", step)
 
     @torch.no_grad()
@@ -446,7 +448,19 @@ class Trial:
                 if text is not None:
                     arms[arm.name]["sample"] = text
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
-                "data_source": self.data.source, "notes": self.notes, "arms": arms}
+                "data_source": self.data.source, "chance_accuracy": self.chance_accuracy(), "notes": self.notes,
+                "arms": arms}
+
+    def chance_accuracy(self) -> float | None:
+        """Held-out accuracy of always guessing the most frequent class (None without class targets):
+        the line an arm must clear before its accuracy means it learned anything."""
+        y = self.y_test
+        if y.is_floating_point() or y.numel() == 0:
+            return None
+        valid = y[y != IGNORE].flatten()
+        if valid.numel() == 0 or valid.min() < 0:
+            return None
+        return float(torch.bincount(valid).max()) / valid.numel()
 
     def _progress_text(self) -> str:
         return " ".join(f"{a.name}={a.last_train.get('loss', float('nan')):.3g}" if a.alive else f"{a.name}=diverged"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..analysis.recovery import aggregate, early_vs_late, head_to_head, recovery_metrics
+from ..analysis.recovery import aggregate, best_arm, early_vs_late, head_to_head, near_chance, recovery_metrics
 from ..data.paths import find_data_file
 from pydantic import ValidationError
 
@@ -138,6 +138,8 @@ def experiment_results(index: int, spec: dict, records: list[dict], injection: d
             corruption[arm] = None
     return {"experiment": index, "seed": spec["seed"], "injection": {k: event[k] for k in INJECTION_KEYS},
             "applied": {arm: injection["arms"].get(arm, {}).get("applied", False) for arm in arms},
+            "reasons": {arm: injection["arms"].get(arm, {}).get("reason") for arm in arms
+                        if not injection["arms"].get(arm, {}).get("applied", False)},
             "corruption": corruption, "arms": arms}
 
 
@@ -216,52 +218,101 @@ def build_final_report(study_dir: str | Path) -> Path:
     for r in results:
         r["plan_steps"] = read_json(store.trial_dir(r["experiment"]) / "config.json")["spec"]["plan"]["steps"]
     summary_visualizations(results, trajectories(store, results), store.root / "summary_visualizations.png")
-    table, pairs = aggregate(results), head_to_head(results)
+    table = aggregate(results)
     spec, first = store.spec, results[0]["injection"]
-    data = read_json(store.trial_dir(results[0]["experiment"]) / "summary.json").get("data_source", "-")
+    first_summary = read_json(store.trial_dir(results[0]["experiment"]) / "summary.json")
+    data, chance = first_summary.get("data_source", "-"), first_summary.get("chance_accuracy")
+    reached = [a for a in table if table[a]["experiments"]]
+    untrained = [a for a in reached if near_chance(table[a]["accuracy_pre"]["mean"], chance)]
+    eligible = [a for a in reached if a not in untrained]
+    pairs = head_to_head(results, arms=eligible)
+    best, why = best_arm(table, pairs, eligible)
+    counts = sorted({len(r["injection"]["indices"]) for r in results})
+    lines += caveats(table, untrained, eligible, chance)
     lines += [
         f"- experiments: {len(results)} of {len(store.meta['trials'])}; arms: {', '.join(table)}",
         f"- task `{spec['task']['name']}` on {data}; {spec['plan']['dtype']} on {spec['plan']['device']}; "
         f"batch {spec['plan']['batch_size']}; held-out evaluation every {spec['plan']['eval_every']} steps, right "
         f"before the injection, and every {first['eval_every_after'] or spec['plan']['eval_every']} steps from it on",
-        f"- fault: {first['fault']} on {first['target']}, {len(first['indices'])} element(s) per fault; "
-        f"injection steps {min(r['injection']['step'] for r in results)}-{max(r['injection']['step'] for r in results)}; "
+        f"- fault: {first['fault']} on {first['target']}, "
+        f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} element(s) per fault; injection steps "
+        f"{min(r['injection']['step'] for r in results)}-{max(r['injection']['step'] for r in results)}; "
         f"the plan is in `all_injection_configs.json`",
+        f"- chance level (always the most frequent held-out class): {fmt(chance)}" if chance is not None else
+        "- chance level: not defined for this task's targets",
         "- every arm of an experiment starts from the same weights, sees the same batches and is hit at the same "
-        "site and step; intervals are 95% t-intervals over experiments",
-        "", "## Per arm", ""]
+        "site and step; an arm is diverged when its training loss, weights or held-out loss turned non-finite, "
+        "whatever its mitigations did; intervals are 95% bootstrap intervals of the mean over experiments "
+        "(Wilson for the divergence rate)",
+        "", "## Per arm", "",
+        "Over the experiments in which the fault reached the arm.", ""]
     rows = []
     for arm, m in table.items():
         ci = lambda k: _ci(m[k])  # noqa: E731
+        low, high = m["divergence_interval"]
         rows.append([arm, ci("accuracy_pre"), ci("accuracy_post"), ci("accuracy_final"), ci("accuracy_change"),
                      ci("total_recovery"), ci("degradation_rate"), ci("steps_to_recover"), ci("peak_loss_spike"),
-                     f"{m['diverged']}/{m['experiments']}"])
+                     f"{m['diverged']}/{m['experiments']}" + (f" [{fmt(low, 2)}, {fmt(high, 2)}]" if low is not None else "")])
     lines += [markdown_table(["arm", "acc pre", "acc post", "acc final", "change (final-post)", "total recovery",
                               "degradation rate", "steps to recover", "peak loss spike", "diverged"], rows), ""]
-    best = max(table, key=lambda a: (table[a]["accuracy_final"]["mean"] or -1, -table[a]["diverged"]))
-    lines += [f"**Best arm** by mean final held-out accuracy: **{best}** "
-              f"({_ci(table[best]['accuracy_final'])}).", "", "## Head to head", "",
-              "Win = higher final held-out accuracy in the same experiment (a diverged arm loses). "
-              "Difference = mean paired difference in final accuracy (A - B) over experiments where both survived, "
-              "with a bootstrap 95% interval and a Wilcoxon signed-rank p-value.", ""]
+    lines += [f"**Best arm**: **{best}** by mean final held-out accuracy ({_ci(table[best]['accuracy_final'])}): {why}."
+              if best else f"**No best arm**: {why}.", ""]
+    not_reached = [a for a, m in table.items() if m["not_reached"]]
+    if not_reached:
+        lines += ["## Not reached by the fault", "",
+                  "These arms were left out of the experiments in which the fault did not reach them (for example "
+                  "no optimizer state of the targeted kind): those runs measure no recovery.", ""]
+        lines += [markdown_table(["arm", "experiments not reached", "reason (first)"],
+                                 [[a, f"{table[a]['not_reached']}/{len(results)}", first_reason(results, a)]
+                                  for a in not_reached]), ""]
+    lines += ["## Head to head", "",
+              "Between the arms that were trained before the fault and reached by it. Win = higher final held-out "
+              "accuracy in the same experiment (a diverged arm loses). Difference = mean paired difference in final "
+              "accuracy (A - B) over experiments where both survived, with a bootstrap 95% interval and a Wilcoxon "
+              "signed-rank p-value.", ""]
     rows = [[p["arm_a"], p["arm_b"], f"{p['wins_a']}-{p['wins_b']}-{p['ties']}", p["win_rate_a"], p["mean_diff"],
              f"[{fmt(p['ci_low'])}, {fmt(p['ci_high'])}]" if p["ci_low"] is not None else "-", p["p_value"]]
             for p in pairs]
-    lines += [markdown_table(["A", "B", "wins A-B-ties", "win rate A", "difference", "95% interval", "p"], rows), ""]
+    lines += [markdown_table(["A", "B", "wins A-B-ties", "win rate A", "difference", "95% interval", "p"], rows)
+              if rows else "No two arms to compare.", ""]
     timing = early_vs_late(results)
     lines += ["## Early vs late injection", "",
               f"Mean total recovery for injections at or before step {fmt(timing['median_step'])} (early) and after (late).", ""]
     lines += [markdown_table(["arm", "early", "late"], [[a, timing[a]["early"], timing[a]["late"]] for a in table]), ""]
     lines += ["## Divergence", ""]
-    lines += [markdown_table(["arm", "diverged", "rate"], [[a, f"{m['diverged']}/{m['experiments']}", m["divergence_rate"]]
-                                                       for a, m in table.items()]), ""]
-    lines += ["## Findings", ""] + [f"- {f}" for f in findings(table, pairs)] + [""]
+    lines += [markdown_table(["arm", "diverged", "rate", "95% interval (Wilson)"],
+                             [[a, f"{m['diverged']}/{m['experiments']}", m["divergence_rate"],
+                               f"[{fmt(m['divergence_interval'][0], 2)}, {fmt(m['divergence_interval'][1], 2)}]"
+                               if m["divergence_interval"][0] is not None else "-"] for a, m in table.items()]), ""]
+    lines += ["## Findings", ""] + [f"- {f}" for f in findings(table, pairs, eligible)] + [""]
     lines += ["## Figures", "", "![summary](summary_visualizations.png)", "",
               "Panels: accuracy change per arm (box plots); mean recovery trajectory with a ±1 std band; win-rate "
               "matrix; degradation-rate distributions; total recovery against the size of the corruption; mean "
               "total recovery by injection step. Each `experiment_NNN/` has `comparison_plots.png` and "
               "`recovery_zoom.png` with the injection step marked.", ""]
     return atomic_write_text(store.root / "final_report.md", "\n".join(lines))
+
+
+def caveats(table: dict, untrained: list[str], eligible: list[str], chance: float | None) -> list[str]:
+    """What the study cannot conclude, said before any number."""
+    out = []
+    if untrained:
+        accuracies = ", ".join(f"{a} {fmt(table[a]['accuracy_pre']['mean'], 3)}" for a in untrained)
+        if not eligible:
+            out.append(f"> **No conclusion**: every arm was near chance (held-out accuracy before the fault {accuracies}; "
+                       f"chance {fmt(chance, 3)}): the models had not learned the task, so their recovery says nothing "
+                       "about the optimizers. Train longer or with a larger learning rate before the injection window.")
+        else:
+            out.append(f"> **Untrained arms left out**: {accuracies} held-out accuracy before the fault (chance "
+                       f"{fmt(chance, 3)}): they are not ranked or compared.")
+    never = [a for a, m in table.items() if not m["experiments"]]
+    if never:
+        out.append(f"> **Never reached by the fault**: {', '.join(never)} (see below); not ranked or compared.")
+    return out + ([""] if out else [])
+
+
+def first_reason(results: list[dict], arm: str) -> str:
+    return next((r.get("reasons", {}).get(arm) for r in results if not r["applied"].get(arm, True)), None) or "-"
 
 
 def _ci(m: dict) -> str:
@@ -272,25 +323,26 @@ def _ci(m: dict) -> str:
     return f"{fmt(m['mean'])} [{fmt(m['ci_low'], 3)}, {fmt(m['ci_high'], 3)}]"
 
 
-def findings(table: dict, pairs: list[dict]) -> list[str]:
+def findings(table: dict, pairs: list[dict], eligible: list[str]) -> list[str]:
     out = []
-    ranked = sorted(table, key=lambda a: table[a]["accuracy_final"]["mean"] or -1, reverse=True)
-    out.append("ranking by mean final held-out accuracy: " + " > ".join(ranked))
+    ranked = sorted(eligible, key=lambda a: table[a]["accuracy_final"]["mean"] or -1, reverse=True)
+    if len(ranked) > 1:
+        out.append("ranking by mean final held-out accuracy (not a verdict: see the tests below): " + " > ".join(ranked))
     for p in pairs:
         if p["p_value"] is not None and p["p_value"] < 0.05:
             winner = p["arm_a"] if p["mean_diff"] > 0 else p["arm_b"]
             out.append(f"{winner} beats {p['arm_b'] if winner == p['arm_a'] else p['arm_a']} in final accuracy "
-                       f"(difference {fmt(abs(p['mean_diff']))}, p = {fmt(p['p_value'], 2)})")
-    if not any(p["p_value"] is not None and p["p_value"] < 0.05 for p in pairs):
-        out.append("no pair of arms differs significantly at p < 0.05 with this many experiments")
+                       f"(difference {fmt(abs(p['mean_diff']))}, Wilcoxon p = {fmt(p['p_value'], 2)})")
+    if pairs and not any(p["p_value"] is not None and p["p_value"] < 0.05 for p in pairs):
+        out.append("no pair of arms differs significantly at p < 0.05 (Wilcoxon signed-rank) with this many experiments")
     for arm, m in table.items():
         if m["diverged"]:
             out.append(f"{arm} diverged in {m['diverged']} of {m['experiments']} experiment(s)")
-    fastest = [a for a in table if table[a]["steps_to_recover"]["mean"] is not None]
-    if fastest:
-        a = min(fastest, key=lambda k: table[k]["steps_to_recover"]["mean"])
-        out.append(f"fastest to recover to within 0.01 of its pre-injection accuracy: {a} "
-                   f"({fmt(table[a]['steps_to_recover']['mean'])} steps on average)")
+    recovering = [a for a in eligible if table[a]["steps_to_recover"]["mean"] is not None and not table[a]["diverged"]]
+    if len(recovering) > 1:
+        a = min(recovering, key=lambda k: table[k]["steps_to_recover"]["mean"])
+        out.append(f"fastest to recover to within 0.01 of its pre-injection accuracy, among arms that never diverged: "
+                   f"{a} ({fmt(table[a]['steps_to_recover']['mean'])} steps on average)")
     return out
 
 

@@ -36,6 +36,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _arm_ticks(ax, count: int) -> None:
+    """Arm names on the x axis stay readable with many arms: slanted, right-aligned, smaller."""
+    for label in ax.get_xticklabels():
+        label.set(rotation=40, ha="right", rotation_mode="anchor", fontsize=8 if count > 4 else 10)
+
+
 def _bars(ax, arms, values, colors, title, ylabel):
     shown = [v if v is not None else np.nan for v in values]
     ax.bar(arms, shown, color=[colors[a] for a in arms])
@@ -44,7 +50,7 @@ def _bars(ax, arms, values, colors, title, ylabel):
             ax.text(i, 0, "diverged", ha="center", va="bottom", fontsize=8, color="crimson")
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title=title, ylabel=ylabel)
-    ax.tick_params(axis="x", rotation=30)
+    _arm_ticks(ax, len(arms))
 
 
 def comparison_plots(evals: pd.DataFrame, results: dict, path: Path) -> Path:
@@ -119,12 +125,14 @@ def summary_visualizations(results: list[dict], trajectories: dict, path: Path) 
     box.boxplot([d if d else [np.nan] for d in data], tick_labels=arms)
     box.axhline(0, color="black", lw=0.8)
     box.set(title="accuracy change after injection (final - post)", ylabel="accuracy")
-    box.tick_params(axis="x", rotation=30)
+    _arm_ticks(box, len(arms))
 
     for arm in arms:
         grid, curves = trajectories["grid"], trajectories[arm]
         if len(curves):
-            mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+            with warnings.catch_warnings():  # steps no experiment reached (a diverged arm) stay gaps
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
             traj.plot(grid, mean, color=colors[arm], label=arm)
             traj.fill_between(grid, mean - std, mean + std, color=colors[arm], alpha=0.2)
     traj.axhline(0, color="black", lw=0.8)
@@ -135,8 +143,9 @@ def summary_visualizations(results: list[dict], trajectories: dict, path: Path) 
 
     matrix = win_matrix(results)
     image = wins.imshow(matrix.values.astype(float), vmin=0, vmax=1, cmap="RdYlGn")
-    wins.set_xticks(range(len(arms)), arms, rotation=30)
-    wins.set_yticks(range(len(arms)), arms)
+    wins.set_xticks(range(len(arms)), arms)
+    _arm_ticks(wins, len(arms))
+    wins.set_yticks(range(len(arms)), arms, fontsize=8 if len(arms) > 4 else 10)
     for i in range(len(arms)):
         for j in range(len(arms)):
             if i != j:
