@@ -117,7 +117,8 @@ def test_bad_flags_exit_2_naming_the_flag(tmp_path, capsys, extra, words):
 
 def test_untrained_arms_give_no_conclusion_and_no_winner(tmp_path):
     """SGD at lr 1e-4 for a handful of steps never leaves chance: the report says so first."""
-    argv = [*QUICK, "--optimizers", "sgd", "adam", "--learning-rate", "0.0001", "--output-root", str(tmp_path)]
+    argv = [*QUICK, "--optimizers", "sgd", "adam", "--learning-rate", "0.0001", "--pretrain-accuracy", "0",
+            "--output-root", str(tmp_path)]
     assert main(argv) == 0
     report = (next(tmp_path.iterdir()) / "final_report.md").read_text()
     head = report.split("## Per arm")[0]
@@ -142,3 +143,15 @@ def test_a_skipped_weight_flip_is_divergence_and_an_unreached_arm_is_set_apart(t
     assert "> **Never reached by the fault**: sgd" in report and "## Not reached by the fault" in report
     assert "| sgd | 2/2 | sgd keeps no first_moment" in report
     assert "| adam | sgd |" not in report  # sgd is not compared
+
+
+def test_the_experiments_start_from_weights_pretrained_to_the_stated_accuracy(study):
+    pretraining = read_json(study / "pretraining.json")
+    assert pretraining["reached"] and pretraining["held_out_accuracy"] >= 0.4 and pretraining["optimizer"] == "adam"
+    assert (study / "pretrained.pt").exists() and (study / "pretraining" / "metrics.jsonl").exists()
+    report = (study / "final_report.md").read_text()
+    assert f"pretrained once with adam (lr 0.01) for {pretraining['steps']} steps" in report
+    config = read_json(study / "experiment_000" / "config.json")
+    assert config["spec"]["plan"]["init_from"] == "study:pretrained.pt"
+    results = read_json(study / "experiment_001" / "results.json")
+    assert all(results["arms"][arm]["accuracy_pre"] > 0.3 for arm in ("adam", "sgd", "rmsprop"))

@@ -236,6 +236,8 @@ class StudySpec(Strict):
     probes: list[ProbeSpec] = Field(default_factory=list)
     sweep: SweepSpec = SweepSpec()
     output: OutputSpec = OutputSpec()
+    recipe: dict = Field(default_factory=dict, description="settings of the recipe that made the study, for its "
+                         "report and its preparation (not part of any trial)")
 
     @model_validator(mode="after")
     def _arms(self):

@@ -102,9 +102,12 @@ class Inspection:
 
 class Trial:
     def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None, hooks=(),
-                 registries: Registries | None = None):
+                 registries: Registries | None = None, study_root: Path | None = None):
         """`spec` is resolved (load_spec); `hooks` are Hooks added after the spec's events and
-        probes; `registries` default to this process's, with the spec's plugins loaded."""
+        probes; `registries` default to this process's, with the spec's plugins loaded;
+        `study_root` resolves a `plan.init_from` of the form `study:<path in the study>`."""
+        self.study_root = study_root
+        self.stop_requested = False  # a hook may end training after this step (it is evaluated, then the trial ends)
         self.setup(spec, registries)
         plugins = self.registries
         self.sink = sink
@@ -187,9 +190,14 @@ class Trial:
             with user_code("task", f"task {self.task.name!r} building its model"):
                 model = self.task.make_model(self.options, self.data)
         model = model.to(device=self.device, dtype=self.dtype)  # cast before loading: no rounding
-        if self.plan["init_from"]:
+        source = self.plan["init_from"]
+        if source and source.startswith("study:"):  # a file inside the study (made when it was created)
+            if getattr(self, "study_root", None) is None:
+                return model  # checking a spec before its study exists: the shapes are what matters
+            source = str(Path(self.study_root) / source.removeprefix("study:"))
+        if source:
             try:
-                model.load_state_dict(load_weights(self.plan["init_from"]))
+                model.load_state_dict(load_weights(source))
             except RuntimeError as exc:
                 raise SpecError("plan.init_from", f"checkpoint does not fit the model: {str(exc).splitlines()[0]}") from None
         return model
@@ -259,7 +267,8 @@ class Trial:
                 if arm.alive:
                     self.train_step(arm, step)
             self._hooks("on_step_end", step)
-            if step % self.plan["eval_every"] == 0 or step == self.total_steps or step in self.eval_steps:
+            last = step == self.total_steps or self.stop_requested  # the state training ends at is evaluated
+            if step % self.plan["eval_every"] == 0 or last or step in self.eval_steps:
                 self.evaluate(step)
             if self.sink is not None:
                 self.sink.flush()
@@ -267,7 +276,7 @@ class Trial:
                 self.progress.update(1)
                 if step % 10 == 0 or step == self.total_steps:
                     self.progress.set_postfix_str(self._progress_text(), refresh=False)
-            if not any(arm.alive for arm in self.arms):
+            if not any(arm.alive for arm in self.arms) or self.stop_requested:
                 break
         self._hooks("on_end")
         if self.sink is not None:

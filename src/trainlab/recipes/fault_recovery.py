@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..analysis.recovery import aggregate, best_arm, early_vs_late, head_to_head, near_chance, recovery_metrics
 from ..data.paths import find_data_file
 from pydantic import ValidationError
 
-from ..engine import MemorySink, Trial
+from ..engine import Hook, MemorySink, Trial
 from ..errors import SpecError, UserError
 from ..faults import STATE_KEYS, TARGETS
 from ..faults.plan import FaultPlanOptions, draw_plan, exponent_range, site_sizes
@@ -37,7 +38,7 @@ from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visu
 from ..report.markdown import fmt, markdown_table
 from ..spec import load_spec, resolve
 from ..study.runner import run_study
-from ..study.store import StudyStore
+from ..study.store import MetricsWriter, StudyStore
 from .flags import Command, add_common, add_plugins, add_workers, executor_of
 
 INJECTION_KEYS = ("step", "target", "tensor", "state", "indices", "fault", "bits", "values", "duration",
@@ -56,7 +57,7 @@ def default_source() -> str:
 def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("adam", "sgd", "rmsprop", "adamw"),
                seed=42, learning_rate=0.001, task="mnist-cnn", mitigations=("none",), plan_options=None,
                batch_size=64, eval_every=5, eval_every_before=25, dtype="float32", device="cpu", name="fault-recovery",
-               output_root="runs", sets=(), plugins=()) -> tuple[dict, list[dict]]:
+               output_root="runs", sets=(), plugins=(), pretrain=None) -> tuple[dict, list[dict]]:
     """The study spec (one sweep point per experiment) and the injection plan it contains."""
     task_spec = {"name": task}
     if task.startswith("mnist"):
@@ -76,8 +77,10 @@ def build_spec(*, num_experiments=10, steps_after_injection=100, optimizers=("ad
     options = FaultPlanOptions(**{"eval_every_after": eval_every, **plan_options})
     base = {"name": name, "seed": seed, "plugins": list(plugins), "task": task_spec, "arms": arms,
             "plan": {"steps": options.window[1] + steps_after_injection, "batch_size": batch_size,
-                     "eval_every": eval_every_before, "dtype": dtype, "device": device},
-            "output": {"root": output_root, "report": "fault-recovery", "trial_dir": "experiment_{index:03d}"}}
+                     "eval_every": eval_every_before, "dtype": dtype, "device": device,
+                     "init_from": PRETRAINED if pretrain else None},
+            "output": {"root": output_root, "report": "fault-recovery", "trial_dir": "experiment_{index:03d}"},
+            "recipe": {"pretrain": pretrain}}
     base = load_spec(base, list(sets))  # --set applies to the base (task options, arm hyperparameters ...)
     plan = draw_injection_plan(base, options, num_experiments)
     base["sweep"] = {"repeats": 1, "seeds": None, "grid": {},
@@ -98,6 +101,54 @@ def draw_injection_plan(spec: dict, options: FaultPlanOptions, n: int) -> list[d
 def run(spec: dict, quiet: bool = False, workers: int = 1, executor=None) -> Path:
     return run_study(spec, quiet=quiet, on_create=lambda store, plans: write_plan(store, plans, quiet), workers=workers,
                      executor=executor)
+
+
+# ---------------------------------------------------------------- pretraining
+
+PRETRAINED = "study:pretrained.pt"
+
+
+class StopAt(Hook):
+    """Ends training once the held-out accuracy reaches `target`."""
+
+    def __init__(self, target: float):
+        self.target = target
+
+    def on_eval(self, trial, step):
+        if any(arm.last_eval.get("accuracy", 0.0) >= self.target for arm in trial.arms if arm.alive):
+            trial.stop_requested = True
+
+
+def pretrain(store: StudyStore, quiet: bool) -> None:
+    """Before the experiments: train the task once with the stated optimizer until the held-out
+    accuracy reaches the target (or max_steps); every arm of every experiment starts from these
+    weights, so the fault hits models that have learned something. Done again after a kill."""
+    options = store.spec.get("recipe", {}).get("pretrain")
+    if not options or (store.root / "pretrained.pt").exists():
+        return
+    spec = {k: v for k, v in store.spec.items() if k not in ("sweep", "events", "probes", "plugin_path")}
+    spec = load_spec({**spec, "arms": [{"name": "pretrain", "optimizer": options["optimizer"], "lr": options["lr"]}],
+                      "plan": {**spec["plan"], "steps": options["max_steps"], "init_from": None, "eval_every": 25}},
+                     registries=store.registries())
+    if not quiet:
+        print(f"pretraining with {options['optimizer']} (lr {options['lr']}) to held-out accuracy "
+              f"{options['accuracy']} (at most {options['max_steps']} steps)", file=sys.stderr)
+    folder = store.root / "pretraining"
+    folder.mkdir(exist_ok=True)
+    writer = MetricsWriter(folder / "metrics.jsonl")
+    try:
+        trial = Trial(spec, sink=writer, hooks=[StopAt(options["accuracy"])])
+        summary = trial.run()
+    finally:
+        writer.close()
+    arm = summary["arms"]["pretrain"]
+    atomic_write_json(store.root / "pretraining.json", {
+        **options, "steps": summary["steps"], "held_out_accuracy": arm["final_test_accuracy"],
+        "held_out_loss": arm["final_test_loss"], "reached": (arm["final_test_accuracy"] or 0) >= options["accuracy"],
+        "chance_accuracy": summary["chance_accuracy"]})
+    tmp = store.root / ".pretrained.pt.tmp"
+    torch.save(trial.arms[0].model.state_dict(), tmp)
+    tmp.replace(store.root / "pretrained.pt")
 
 
 def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
@@ -228,7 +279,7 @@ def build_final_report(study_dir: str | Path) -> Path:
     pairs = head_to_head(results, arms=eligible)
     best, why = best_arm(table, pairs, eligible)
     counts = sorted({len(r["injection"]["indices"]) for r in results})
-    lines += caveats(table, untrained, eligible, chance)
+    lines += caveats(table, untrained, eligible, chance) + pretraining_lines(store)
     lines += [
         f"- experiments: {len(results)} of {len(store.meta['trials'])}; arms: {', '.join(table)}",
         f"- task `{spec['task']['name']}` on {data}; {spec['plan']['dtype']} on {spec['plan']['device']}; "
@@ -293,6 +344,20 @@ def build_final_report(study_dir: str | Path) -> Path:
     return atomic_write_text(store.root / "final_report.md", "\n".join(lines))
 
 
+def pretraining_lines(store: StudyStore) -> list[str]:
+    path = store.root / "pretraining.json"
+    if not path.exists():
+        return ["- no pretraining: every experiment starts from freshly initialised weights", ""] \
+            if not store.spec.get("recipe", {}).get("pretrain") else []
+    p = read_json(path)
+    line = (f"- every experiment starts from weights pretrained once with {p['optimizer']} (lr {p['lr']}) for "
+            f"{p['steps']} steps to held-out accuracy {fmt(p['held_out_accuracy'], 3)} (target {p['accuracy']})")
+    if not p["reached"]:
+        return [f"> **Pretraining fell short**: {p['steps']} steps reached held-out accuracy "
+                f"{fmt(p['held_out_accuracy'], 3)}, below its target {p['accuracy']}.", "", line, ""]
+    return [line, ""]
+
+
 def caveats(table: dict, untrained: list[str], eligible: list[str], chance: float | None) -> list[str]:
     """What the study cannot conclude, said before any number."""
     out = []
@@ -346,7 +411,7 @@ def findings(table: dict, pairs: list[dict], eligible: list[str]) -> list[str]:
     return out
 
 
-register_report("fault-recovery", build_final_report, on_trial_end=on_experiment_end,
+register_report("fault-recovery", build_final_report, on_trial_end=on_experiment_end, prepare=pretrain,
                 doc="fault-recovery outputs per experiment and final_report.md")
 
 
@@ -363,7 +428,7 @@ def replay(experiment_dir: str | Path) -> tuple[bool, list[str]]:
     spec = load_spec(config["spec"])
     with tempfile.TemporaryDirectory() as tmp:
         sink = MemorySink()
-        Trial(spec, sink=sink, artifact_dir=Path(tmp)).run()
+        Trial(spec, sink=sink, artifact_dir=Path(tmp), study_root=folder.resolve().parent).run()
         injection = read_json(Path(tmp) / "injection_config.json")
         fresh = experiment_results(config["index"], spec, sink.records, injection)
         batch_same = _same_npz(folder / "injection_batch.npz", Path(tmp) / "injection_batch.npz")
@@ -419,6 +484,12 @@ def arguments(parser) -> None:
     parser.add_argument("--noise-scale", type=float, default=0.1)
     parser.add_argument("--duration", type=int, default=1, help="stuck: steps")
     parser.add_argument("--state", default="first_moment", help=f"optimizer_state: {' or '.join(STATE_KEYS)}")
+    parser.add_argument("--pretrain-accuracy", type=float, default=0.4, metavar="ACC",
+                        help="train the task once to this held-out accuracy before the experiments, which all start "
+                             "from those weights (0: no pretraining)")
+    parser.add_argument("--pretrain-optimizer", default="adam", metavar="OPT")
+    parser.add_argument("--pretrain-lr", type=float, default=0.01, metavar="LR")
+    parser.add_argument("--pretrain-max-steps", type=int, default=2000, metavar="N")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation cadence from the injection on")
     parser.add_argument("--eval-every-before", type=int, default=25, help="held-out evaluation cadence before it")
@@ -445,6 +516,7 @@ def run_command(args) -> int:
     executor = executor_of(args)
     found = registries(args.plugins)
     for flag, names, registry in (("--optimizers", args.optimizers, found.optimizers),
+                                  ("--pretrain-optimizer", [args.pretrain_optimizer], found.optimizers),
                                   ("--mitigations", args.mitigations, found.mitigations), ("--task", [args.task], found.tasks)):
         for name in names:
             try:
@@ -468,7 +540,7 @@ def run_command(args) -> int:
             mitigations=args.mitigations, plan_options=plan, batch_size=args.batch_size, eval_every=args.eval_every,
             eval_every_before=args.eval_every_before,
             dtype=args.dtype, device=args.device, name=args.name, output_root=args.output_root, sets=args.sets,
-            plugins=args.plugins)
+            plugins=args.plugins, pretrain=pretraining_of(args))
     except ValidationError as err:
         first = err.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
@@ -478,6 +550,17 @@ def run_command(args) -> int:
         raise UserError(f"{flag}: {message}") from None
     print(run(spec, quiet=args.quiet, executor=executor))
     return 0
+
+
+def pretraining_of(args) -> dict | None:
+    if not 0 <= args.pretrain_accuracy < 1:
+        raise UserError(f"--pretrain-accuracy: must be in [0, 1), got {args.pretrain_accuracy}")
+    if args.pretrain_accuracy == 0:
+        return None
+    if args.pretrain_lr <= 0 or args.pretrain_max_steps < 1:
+        raise UserError("--pretrain-lr and --pretrain-max-steps: must be positive")
+    return {"optimizer": args.pretrain_optimizer, "lr": args.pretrain_lr, "accuracy": args.pretrain_accuracy,
+            "max_steps": args.pretrain_max_steps}
 
 
 def fault_arguments(parser) -> None:

@@ -35,6 +35,9 @@ def preflight(plans: list[TrialPlan]) -> None:
 
 def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
             executor: ExecutorOptions = ExecutorOptions(), extras: Extras | None = None) -> None:
+    prepare = report_of(store).trait("prepare")
+    if prepare is not None:  # study-level inputs a recipe makes before its trials (again after a kill)
+        prepare(store, quiet)
     if store.spec["sweep"].get("optuna"):
         search(store, executor, quiet, lambda todo: run_plans(store, todo, len(todo), quiet, executor, extras))
         return

@@ -30,7 +30,7 @@ class TrialPlan:
 
 
 def trial_key(spec: dict) -> str:
-    relevant = {k: v for k, v in spec.items() if k not in ("output", "sweep", "name", "plugin_path")}
+    relevant = {k: v for k, v in spec.items() if k not in ("output", "sweep", "name", "plugin_path", "recipe")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

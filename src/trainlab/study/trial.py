@@ -70,7 +70,7 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
             summary = run_job(store, plan, sink, quiet)
         else:
             trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar,
-                          hooks=extras.hooks)
+                          hooks=extras.hooks, study_root=store.inputs_root)
             if bar is not None:
                 bar.total = trial.total_steps
             summary = trial.run()
