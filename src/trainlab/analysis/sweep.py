@@ -1,10 +1,13 @@
 """What a sweep says: which hyperparameters matter, in which direction, and the best setting.
 
 Rows are (trial, arm) with the trial's overrides as columns. For every swept field: the
-metric by value (mean, std, n), the Spearman rank correlation with the metric (numeric
-fields), and an importance: the drop in a random forest's R^2 when that field is shuffled
-(scikit-learn permutation importance, seeded). Top and bottom configurations and a
-recommendation close it.
+metric by value, as the raw mean over the trials that had that value (with n and a seeded
+bootstrap 95% interval) and as an *adjusted* mean, the least-squares mean of a main-effects
+model over all swept fields (each other field averaged over its values alike), so that a value
+does not look good only because the trials that had it also had good values of another field;
+the Spearman rank correlation with the metric (numeric fields); and an importance: the drop in
+a random forest's R^2 when that field is shuffled (scikit-learn permutation importance,
+seeded). Top and bottom configurations and a recommendation close it.
 """
 
 import json
@@ -29,20 +32,38 @@ def _cell(value):
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
+def own_rows(data: pd.DataFrame, field: str, arms: list[str]) -> pd.DataFrame:
+    """The rows a field's effect is read from: a field of one arm (`arms.<name or index>.lr`) only
+    changes that arm, so only its rows; any other field, every row."""
+    parts = field.split(".")
+    if parts[0] != "arms" or len(parts) < 3:
+        return data
+    name = arms[int(parts[1])] if parts[1].isdigit() and int(parts[1]) < len(arms) else parts[1]
+    return data[data["arm"] == name]
+
+
 def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_accuracy", higher_is_better: bool = True,
-            seed: int = 0) -> dict:
+            seed: int = 0, arms: list[str] | None = None) -> dict:
     data = frame[frame[metric].notna()].copy()
+    arms = (arms or list(dict.fromkeys(data["arm"]))) if len(data) else []
     out = {"metric": metric, "higher_is_better": higher_is_better, "rows": int(len(data)), "fields": {}}
     if data.empty or not fields:
         return out
+    per_arm = any(own_rows(data, f, arms) is not data for f in fields)
+    # one model over every row is sound when all rows answer to every field (one arm, or no arm-specific field)
+    adjusted = adjusted_means(data, fields, metric) if len(arms) == 1 or not per_arm else {}
+    rng = np.random.default_rng(seed)
     for field in fields:
-        grouped = data.groupby(levels(data[field]))[metric]
+        rows = own_rows(data, field, arms)
+        grouped = rows.groupby(levels(rows[field]))[metric]
         by_value = sorted(({"value": v, "mean": float(g.mean()), "std": float(g.std(ddof=1)) if len(g) > 1 else None,
-                            "n": int(len(g))} for v, g in grouped), key=lambda row: value_order(row["value"]))
-        numeric = pd.to_numeric(data[field], errors="coerce")
+                            "n": int(len(g)), **bootstrap_interval(g.to_numpy(dtype=float), rng),
+                            "adjusted": adjusted.get(field, {}).get(v)} for v, g in grouped),
+                          key=lambda row: value_order(row["value"]))
+        numeric = pd.to_numeric(rows[field], errors="coerce")
         rho = p = None
         if numeric.notna().all() and numeric.nunique() > 1:
-            result = stats.spearmanr(numeric, data[metric])
+            result = stats.spearmanr(numeric, rows[metric])
             rho, p = float(result.statistic), float(result.pvalue)
         out["fields"][field] = {"by_value": by_value, "spearman": rho, "spearman_p": p}
     for field, value in importance(data, fields, metric, seed).items():
@@ -56,6 +77,37 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
     out["recommendation"] = {"trial": int(best["trial"]), "arm": best["arm"], metric: float(best[metric]),
                              **{f: best[f] for f in fields}}
     return out
+
+
+def bootstrap_interval(values: np.ndarray, rng, confidence: float = 0.95) -> dict:
+    if len(values) < 2:
+        return {"ci_low": None, "ci_high": None}
+    means = rng.choice(values, size=(2000, len(values)), replace=True).mean(axis=1)
+    low, high = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return {"ci_low": float(low), "ci_high": float(high)}
+
+
+def adjusted_means(data: pd.DataFrame, fields: list[str], metric: str) -> dict:
+    """field -> {value: least-squares mean} from metric ~ intercept + sum of one-hot main effects
+    (ordinary least squares); {} when the model has no spare degrees of freedom."""
+    if len(fields) < 2:
+        return {}
+    groups = {f: levels(data[f]) for f in fields}
+    names = {f: sorted(groups[f].unique(), key=value_order) for f in fields}
+    columns = [np.ones(len(data))]
+    index = {}
+    for f in fields:
+        for v in names[f][1:]:  # the first value of each field is the baseline
+            index[(f, v)] = len(columns)
+            columns.append((groups[f] == v).to_numpy(dtype=float))
+    x, y = np.stack(columns, 1), data[metric].to_numpy(dtype=float)
+    if len(y) <= x.shape[1] or np.linalg.matrix_rank(x) < x.shape[1]:
+        return {}
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    effect = {f: {v: coef[index[(f, v)]] if (f, v) in index else 0.0 for v in names[f]} for f in fields}
+    average = {f: float(np.mean(list(effect[f].values()))) for f in fields}
+    base = coef[0] + sum(average.values())
+    return {f: {v: float(base - average[f] + effect[f][v]) for v in names[f]} for f in fields}
 
 
 def interaction(data: pd.DataFrame, fields: list[str], info: dict, metric: str) -> dict | None:

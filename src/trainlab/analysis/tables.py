@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..study.store import StudyStore, read_json, read_jsonl
@@ -33,13 +34,16 @@ def load_summaries(study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for summary in StudyStore.open(study_dir).summaries():
         for arm, numbers in summary["arms"].items():
-            rows.append({"trial": summary["index"], "seed": summary["seed"], "arm": arm, **numbers})
+            rows.append({"trial": summary["index"], "seed": summary["seed"], "arm": arm, "threads": summary.get("threads"),
+                         **numbers})
     return pd.DataFrame(rows)
 
 
 def arm_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Per arm across trials: mean and std of the final numbers, divergence count."""
-    metrics = ["final_train_loss", "final_test_loss", "final_test_accuracy", "best_test_accuracy", "time_s"]
+    summaries = summaries.assign(final_test_perplexity=np.exp(summaries["final_test_loss"].astype(float).clip(upper=700)))
+    metrics = ["final_train_loss", "final_test_loss", "final_test_accuracy", "best_test_accuracy", "time_s",
+               "final_test_perplexity"]
     grouped = summaries.groupby("arm", sort=False)
     table = grouped[metrics].agg(["mean", "std"])
     table.columns = [f"{m}_{stat}" for m, stat in table.columns]

@@ -458,6 +458,7 @@ class Trial:
                     arms[arm.name]["sample"] = text
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
                 "data_source": self.data.source, "chance_accuracy": self.chance_accuracy(), "notes": self.notes,
+                "threads": torch.get_num_threads(),  # train times are comparable only at the same count
                 "arms": arms}
 
     def chance_accuracy(self) -> float | None:

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..analysis.sweep import sweep_frame
-from ..analysis.tables import load_summaries
+from ..analysis.tables import load, load_summaries
 from ..errors import UserError
 from ..report.markdown import build_report
 from ..io import atomic_write_json, atomic_write_text
@@ -32,16 +33,18 @@ PATHS = {"muon_lr": "arms.muon.lr", "adamw_lr_ratio": "arms.muon.adamw_lr_ratio"
          "weight_decay": "arms.muon.weight_decay"}
 
 
-def build_spec(quick: bool = False, preset: str = "moe-tiny", steps: int = 50, batch_size: int = 16, eval_every: int = 5,
-               seed: int = 42, max_experiments: int | None = None, output_root: str = "runs") -> dict:
+def build_spec(quick: bool = False, preset: str = "moe-tiny", steps: int | None = None, batch_size: int = 16,
+               eval_every: int = 5, seed: int = 42, max_experiments: int | None = None, output_root: str = "runs") -> dict:
+    """The ablation's study: 20 steps by default with --quick, 50 without; `steps` overrides either."""
     grid = QUICK_GRID if quick else LEGACY_GRID
+    steps = steps or (20 if quick else 50)
     return {
         "name": "ablation-quick" if quick else "ablation", "seed": seed,
         "task": {"name": "moe-lm", "preset": preset, **({"n_chars": 50_000} if quick else {})},
         "arms": [{"name": "muon", "optimizer": "muon", "lr": grid["muon_lr"][0],
                   "schedule": {"kind": "cosine", "warmup_steps": max(1, steps // 10)},
                   "mitigations": [{"kind": "grad_clip", "max_norm": 1.0}]}],
-        "plan": {"steps": 20 if quick else steps, "batch_size": batch_size, "eval_every": eval_every},
+        "plan": {"steps": steps, "batch_size": batch_size, "eval_every": eval_every},
         "sweep": {"grid": {PATHS[k]: v for k, v in grid.items()}, "max_trials": max_experiments},
         "output": {"root": output_root, "report": "ablation"},
     }
@@ -55,8 +58,26 @@ def build_ablation_report(study_dir) -> Path:
     names = {path: short for short, path in PATHS.items()}
     rows = frame.rename(columns=names)
     short = [names.get(f, f) for f in fields]
-    results = rows[["trial", *short, "final_train_loss", "final_test_loss", "final_test_accuracy", "diverged"]]
-    atomic_write_json(store.root / "final_results.json", json.loads(results.to_json(orient="records")))
+    rows["final_test_perplexity"] = np.exp(rows["final_test_loss"].astype(float).clip(upper=700))
+    rows["train_time_s"] = rows["time_s"]
+    columns = ["trial", *short, "final_train_loss", "final_train_accuracy", "final_test_loss", "final_test_accuracy",
+               "final_test_perplexity", "best_test_accuracy", "diverged", "train_time_s", "threads"]
+    results = rows[[c for c in columns if c in rows]]
+    records = json.loads(results.to_json(orient="records"))
+    atomic_write_json(store.root / "final_results.json", records)
+    analysis = json.loads((store.root / "analysis.json").read_text()) if (store.root / "analysis.json").exists() else {}
+    ranked = results.sort_values("final_test_loss")
+    atomic_write_json(store.root / "comprehensive_report.json", {
+        "study": store.root.name, "trials": len(store.meta["trials"]), "finished": int(len(results)),
+        "grid": {names.get(k, k): v for k, v in store.spec["sweep"]["grid"].items()},
+        "max_trials": store.spec["sweep"]["max_trials"], "task": store.spec["task"], "plan": store.spec["plan"],
+        "arm": store.spec["arms"][0], "results": records,
+        "best": json.loads(ranked.head(5).to_json(orient="records")),
+        "worst": json.loads(ranked.tail(5).iloc[::-1].to_json(orient="records")),
+        "effects": {names.get(f, f): info for f, info in analysis.get("fields", {}).items()},
+        "timing": {"threads": sorted({int(t) for t in results.get("threads", pd.Series(dtype=float)).dropna()}),
+                   "train_time_s": {"mean": float(results["train_time_s"].mean()), "max": float(results["train_time_s"].max())}
+                   if "train_time_s" in results else None}})
     atomic_write_json(store.root / "config.json", {"grid": {names.get(k, k): v for k, v in store.spec["sweep"]["grid"].items()},
                                                    "max_trials": store.spec["sweep"]["max_trials"],
                                                    "task": store.spec["task"], "plan": store.spec["plan"],
@@ -82,10 +103,37 @@ def build_ablation_report(study_dir) -> Path:
     fig.tight_layout()
     fig.savefig(figures / "ablation.png", dpi=100)
     plt.close(fig)
+    configuration_curves(store, ranked, short, figures / "configurations.png")
+    threads = sorted({int(t) for t in results["threads"].dropna()}) if "threads" in results else []
+    timing = ("Train times were measured with " + (f"{threads[0]} torch thread(s) in every trial." if len(threads) == 1
+              else f"different thread counts ({', '.join(map(str, threads))}) across trials: compare them only "
+                   "within one count (`threads` in final_results.json).")) if threads else ""
     return atomic_write_text(report, report.read_text(encoding="utf-8") + (
         "\n## Ablation figures\n\nPerformance distribution, rank correlations between the hyperparameters "
         "and the held-out loss, and the ten best configurations.\n\n![ablation](figures/ablation.png)\n\n"
-        "Per-trial results: `final_results.json`; the configuration: `config.json`; statistics: `analysis.json`.\n"))
+        "Held-out loss over training of the best, the median and the worst configuration (each its own line; "
+        "`figures/curves.png` above averages every trial).\n\n![configurations](figures/configurations.png)\n\n"
+        f"{timing}\n\nPer-trial results: `final_results.json`; everything in one file: `comprehensive_report.json`; "
+        "the configuration: `config.json`; statistics: `analysis.json`.\n"))
+
+
+def configuration_curves(store: StudyStore, ranked: pd.DataFrame, short: list[str], path: Path) -> None:
+    """Held-out loss curves of the best, median and worst trial, labelled by their settings."""
+    plt = pyplot()
+    metrics = load(store.root)
+    evals = metrics[metrics["kind"] == "eval"] if len(metrics) else metrics
+    picks = {"best": ranked.iloc[0], "median": ranked.iloc[len(ranked) // 2], "worst": ranked.iloc[-1]} if len(ranked) else {}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, row in picks.items():
+        curve = evals[evals["trial"] == row["trial"]].sort_values("step")
+        settings = ", ".join(f"{k} {row[k]:g}" for k in short)
+        ax.plot(curve["step"], curve["loss"], marker="o", label=f"{label} (trial {int(row['trial'])}): {settings}")
+    ax.set(xlabel="step", ylabel="held-out loss", title="best, median and worst configuration")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def analyze_only(results_dir: str | Path) -> Path:
@@ -105,7 +153,7 @@ def arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="4 trials of 20 steps on a small corpus")
     parser.add_argument("--max-experiments", type=int, metavar="N", help="a seeded random subset of N grid points")
     parser.add_argument("--preset", default="moe-tiny", help="moe-tiny or moe-384")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, help="steps per trial (default 50; 20 with --quick)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
@@ -129,7 +177,7 @@ def run_command(args) -> int:
         print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
         return 0
     for flag in ("steps", "batch_size", "eval_every"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
     if args.max_experiments is not None and args.max_experiments < 1:
         raise UserError("--max-experiments: must be at least 1")

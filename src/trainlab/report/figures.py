@@ -51,7 +51,8 @@ def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) ->
         level = levels(present[field])
         values = sorted(level.unique(), key=value_order)
         groups = [present[level == v][metric].dropna().to_numpy() for v in values]
-        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups], tick_labels=[short_label(v) for v in values])
+        ax.boxplot([g if len(g) else np.array([np.nan]) for g in groups],
+                   tick_labels=[f"{short_label(v)}\nn={len(g)}" for v, g in zip(values, groups)])
         ax.set(title=field, ylabel=metric)
         ax.tick_params(axis="x", rotation=30)
     for ax in list(axes.flat)[len(fields):]:

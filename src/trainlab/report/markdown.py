@@ -9,7 +9,6 @@ from ..analysis.tables import arm_table, load, load_summaries
 from ..io import atomic_write_text
 from ..plugin import Registries, register_report
 from ..study.store import StudyStore
-from ..tasks import perplexity
 from .figures import curves_figure, effects_figure
 
 
@@ -77,12 +76,15 @@ def build_report(study_dir: str | Path) -> Path:
                  mean_std(r, "final_test_accuracy"), mean_std(r, "best_test_accuracy"), f"{r['diverged']}/{r['trials']}",
                  mean_std(r, "time_s")] for _, r in table.iterrows()]
         if language_model(store):
-            headers.insert(3, "held-out perplexity")
+            headers.insert(3, "held-out perplexity")  # each trial's exp(held-out loss), then their mean
             for row, (_, r) in zip(rows, table.iterrows()):
-                row.insert(3, perplexity(r["final_test_loss_mean"]))
+                row.insert(3, mean_std(r, "final_test_perplexity"))
         lines += [markdown_table(headers, rows), ""]
-        best = table.sort_values("final_test_accuracy_mean", ascending=False).iloc[0]
-        lines += [f"Best held-out accuracy at the end: **{best['arm']}** ({fmt(best['final_test_accuracy_mean'])}).", ""]
+        if len(table) > 1:
+            best = table.sort_values("final_test_accuracy_mean", ascending=False).iloc[0]
+            lines += [f"Highest mean held-out accuracy at the end: **{best['arm']}** "
+                      f"({fmt(best['final_test_accuracy_mean'])}); see the spread across trials before reading it "
+                      "as a ranking.", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
         lines += _sweep(store, summaries) + _splits(store) + _privacy(store) + _divergences(summaries) + _samples(summaries)
@@ -98,23 +100,31 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
         return []
     language = language_model(store)
     metric = "final_test_loss" if language else "final_test_accuracy"  # perplexity follows the loss
-    result = analyse(frame, fields, metric=metric, higher_is_better=not language, seed=store.spec["seed"])
+    result = analyse(frame, fields, metric=metric, higher_is_better=not language, seed=store.spec["seed"],
+                     arms=[arm["name"] for arm in store.spec["arms"]])
     if not result["fields"]:
         return []
     atomic_write_text(store.root / "analysis.json", json.dumps(result, indent=2, default=str))
     effects_figure(frame, fields, result["metric"], store.root / "figures" / "effects.png")
-    rows = []
     pick = max if result["higher_is_better"] else min
     label = "held-out accuracy" if result["higher_is_better"] else "held-out loss"
+    rows, values = [], []
     for field, info in result["fields"].items():
-        best = pick(info["by_value"], key=lambda v: v["mean"])
-        rows.append([field, ", ".join(f"{v['value']}: {fmt(v['mean'])}" for v in info["by_value"]), best["value"],
-                     info["spearman"], info["spearman_p"], info.get("importance")])
+        best = pick(info["by_value"], key=lambda v: v["adjusted"] if v["adjusted"] is not None else v["mean"])
+        rows.append([field, best["value"], info["spearman"], info["spearman_p"], info.get("importance")])
+        for v in info["by_value"]:
+            interval = f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]" if v["ci_low"] is not None else "-"
+            values.append([field, v["value"], v["n"], v["mean"], interval, v["adjusted"]])
     rec = result["recommendation"]
     lines = ["## Hyperparameters", "",
-             f"The {label} by value (mean over trials and arms); Spearman rank correlation with it; importance = "
-             "drop in a random forest's R^2 when the field is shuffled. Details: `analysis.json`.", "",
-             markdown_table(["field", f"{label} by value", "best value", "Spearman", "p", "importance"], rows), "",
+             f"The {label} by value: the raw mean over the trials (and arms) that had the value, with n and a bootstrap "
+             "95% interval, and the adjusted mean of a main-effects least-squares model over every swept field "
+             "(each other field averaged over its values alike: a value is not credited with the other fields it "
+             "happened to be drawn with). Details: `analysis.json`.", "",
+             markdown_table(["field", "value", "n", f"raw mean {label}", "95% interval", "adjusted mean"], values), "",
+             f"Per field: the value with the best (adjusted, else raw) mean; Spearman rank correlation with the {label}; "
+             "importance = drop in a random forest's R^2 when the field is shuffled.", "",
+             markdown_table(["field", "best value", "Spearman", "p", "importance"], rows), "",
              "Best configuration: trial " + str(rec["trial"]) + f" (`{rec['arm']}`), "
              + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": {label} {fmt(rec[result['metric']])}.", "",
              "![effects](figures/effects.png)", ""]
