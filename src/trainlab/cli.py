@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split())  # one line, whatever a library put in the message
         print(f"trainlab: error: {message}", file=sys.stderr)
         return EXIT_FAILED if isinstance(err, TrialsFailed) else EXIT_USAGE
-    except KeyboardInterrupt:
-        print("trainlab: interrupted; `trainlab resume DIR` finishes the study", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `trainlab validate SPEC | head`: the reader left; end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt as stop:
+        study = getattr(stop, "study_dir", None)
+        why = getattr(stop, "signal_name", "interrupt")
+        print(f"trainlab: stopped by {why}" + (f"; finished trials are kept, and `trainlab resume {study}` runs the rest"
+                                               if study else ""), file=sys.stderr)
+        return 143 if why == "SIGTERM" else 130

@@ -41,6 +41,14 @@ class TrialsFailed(UserError):
         return type(self), (self.study_dir, self.failures)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a study ran; `study_dir` is the study to resume."""
+
+    def __init__(self, study_dir=None, signal_name: str = "interrupt"):
+        super().__init__(signal_name)
+        self.study_dir, self.signal_name = study_dir, signal_name
+
+
 def one_line(exc: BaseException, limit: int = 600) -> str:
     """An exception as one line: a trainlab error's own message, else 'Type: message'."""
     text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"

@@ -212,6 +212,12 @@ class OutputSpec(Strict):
     def _inside(cls, value: str) -> str:
         if value.startswith("/") or ".." in value.split("/"):
             raise ValueError("must stay inside the study directory")
+        try:
+            formatted = value.format(index=0)
+        except (KeyError, ValueError, IndexError, AttributeError):
+            raise ValueError("must be a folder pattern with {index} (e.g. trials/trial_{index:04d})") from None
+        if any(part in ("", ".") for part in formatted.split("/")) or len(formatted) > 200:
+            raise ValueError("must name a folder inside the study, e.g. trials/trial_{index:04d}")
         return value
 
 
@@ -250,7 +256,18 @@ class StudySpec(Strict):
 
 
 class SpecLoader(yaml.SafeLoader):
-    """Safe YAML, but `1e-3` is a float as in YAML 1.2 (YAML 1.1 reads it as a string)."""
+    """Safe YAML, but `1e-3` is a float as in YAML 1.2 (YAML 1.1 reads it as a string), and a
+    key given twice in one mapping is an error (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
 
 
 SpecLoader.add_implicit_resolver(
@@ -263,6 +280,16 @@ SpecLoader.add_implicit_resolver(
 
 def parse_yaml(text: str):
     return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
+def unique_keys(pairs: list) -> dict:
+    """json.loads object hook: a key given twice in one object is an error, not last-wins."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 PRESETS = Path(__file__).parent / "presets"
@@ -285,13 +312,15 @@ def read_spec_file(path: str | Path) -> dict:
     except UnicodeDecodeError as exc:
         raise UserError(f"spec file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else parse_yaml(text)
+        data = json.loads(text, object_pairs_hook=unique_keys) if path.suffix == ".json" else parse_yaml(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON in {str(path)!r}: line {exc.lineno}: {exc.msg}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f"line {where.line + 1}: " if where else ""
         raise UserError(f"malformed YAML in {str(path)!r}: {line}{getattr(exc, 'problem', None) or exc}") from None
+    except (ValueError, RecursionError) as exc:  # a duplicate JSON key, a number of thousands of digits, deep nesting
+        raise UserError(f"spec file {str(path)!r} refused: {' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise UserError(f"spec file {str(path)!r} must hold a mapping of fields (task, arms, plan, ...)")
     return data
@@ -308,6 +337,8 @@ def parse_set(assignment: str) -> tuple[str, Any]:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"--set {path}: value refused ({' '.join(str(exc).split())[:120] or type(exc).__name__})") from None
     return path, value
 
 
@@ -380,7 +411,7 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
     `registries`, this process's are used with the spec's plugins loaded (from `folder`, the
     spec file's, first, then the current folder and PYTHONPATH); where they were found is
     recorded as `plugin_path`, so every later process (workers, resume, report) finds them."""
-    _reject_non_finite(data, "")
+    check_values(data)
     if not isinstance(data, dict):
         raise SpecError("", "a spec is a mapping of fields (task, arms, plan, ...)")
     stored = data.get("plugin_path") or []
@@ -443,16 +474,35 @@ def resolve_plugins(items: list[Open], registry, prefix: str, context: dict | No
     return resolved
 
 
-def _reject_non_finite(node: Any, path: str) -> None:
-    """NaN and infinity are never valid hyperparameters; say where one was found."""
-    if isinstance(node, float) and not math.isfinite(node):
-        raise SpecError(path, f"must be a finite number, got {node}")
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _reject_non_finite(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _reject_non_finite(value, f"{path}.{i}" if path else str(i))
+MAX_VALUES, MAX_DEPTH, MAX_INT = 200_000, 64, 2**63  # a spec is small: bounds that stop hostile ones cold
+
+
+def check_values(data: Any) -> None:
+    """Refuse what no field accepts, before anything walks the spec again: NaN and infinity,
+    NUL characters, integers beyond 64 bits, nesting deeper than 64 levels, self-referencing
+    YAML aliases, and more than 200,000 values (aliases of aliases expand exponentially)."""
+    count, stack = 0, [(data, "", 0, ())]
+    while stack:
+        node, path, depth, ancestors = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError("", f"the spec holds more than {MAX_VALUES:,} values (YAML aliases expanding?)")
+        if depth > MAX_DEPTH:
+            raise SpecError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise SpecError(path, f"must be a finite number, got {node}")
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_INT:
+            raise SpecError(path, "integer too large (beyond 64 bits)")
+        if isinstance(node, str) and "\x00" in node:
+            raise SpecError(path, "contains a NUL character")
+        if isinstance(node, (dict, list)):
+            if id(node) in ancestors:
+                raise SpecError(path, "refers to itself (a recursive YAML alias)")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in items:
+                if isinstance(key, str) and "\x00" in key:
+                    raise SpecError(path, "a key contains a NUL character")
+                stack.append((value, f"{path}.{key}" if path else str(key), depth + 1, (*ancestors, id(node))))
 
 
 def _check_sweep_path(resolved: dict, path: str) -> None:

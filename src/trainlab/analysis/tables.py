@@ -18,7 +18,7 @@ def load(study_dir: str | Path) -> pd.DataFrame:
             continue
         try:
             seed = read_json(folder / "config.json")["seed"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             seed = None
         frame = pd.DataFrame.from_records(records)
         frame.insert(0, "trial", index)
@@ -26,15 +26,21 @@ def load(study_dir: str | Path) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["trial", "seed", "kind", "arm", "step"])
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    for column in NUMERIC.intersection(frame.columns):  # a garbled value is missing, not a crash further on
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+NUMERIC = {"step", "loss", "accuracy", "lr", "perplexity", "epsilon", "time_s"}
 
 
 def load_summaries(study_dir: str | Path) -> pd.DataFrame:
     """One row per (finished trial, arm) with the trial summary's numbers."""
     rows = []
     for summary in StudyStore.open(study_dir).summaries():
-        for arm, numbers in summary["arms"].items():
-            rows.append({"trial": summary["index"], "seed": summary["seed"], "arm": arm, "threads": summary.get("threads"),
+        for arm, numbers in summary.get("arms", {}).items():
+            rows.append({"trial": summary["index"], "seed": summary.get("seed"), "arm": arm, "threads": summary.get("threads"),
                          **numbers})
     return pd.DataFrame(rows)
 

@@ -89,6 +89,11 @@ def _load_idx_split(split: str) -> Split:
         except (ValueError, OSError, EOFError) as exc:
             raise UserError(f"cannot read MNIST file {path}: {exc}") from None
     images, labels = arrays
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"MNIST {split} files do not match: {images.shape[0] if images.ndim else 0} images of shape "
+                        f"{tuple(images.shape[1:])} and {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise UserError(f"MNIST {split} labels must be digits 0-9, found {int(labels.min())}..{int(labels.max())}")
     return Split(torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1),
                  torch.from_numpy(labels.astype(np.int64)))
 

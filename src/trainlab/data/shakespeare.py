@@ -18,4 +18,13 @@ def load_shakespeare_text() -> str:
     if path is None:
         raise UserError("tiny-shakespeare not found: put input.txt under <data-dir>/tinyshakespeare/ "
                         "and pass --data-dir (or set TRAINLAB_DATA), or allow the download")
-    return path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"tiny-shakespeare file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"tiny-shakespeare file {path} cannot be read ({exc.strerror})") from None
+    if len(text) < 1000:
+        raise UserError(f"tiny-shakespeare file {path} holds {len(text):,} characters; expected the corpus "
+                        "(about 1.1 million)")
+    return text

@@ -39,6 +39,8 @@ def derive_seed(seed: int, *parts) -> int:
 
 def load_weights(path: str | Path) -> dict:
     """A state_dict from a checkpoint file, never executing code from it."""
+    if Path(path).exists() and not Path(path).is_file():  # a folder, a FIFO (which would block), a device
+        raise UserError(f"checkpoint {str(path)!r} is not a regular file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

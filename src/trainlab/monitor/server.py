@@ -2,9 +2,13 @@
 
 The server answers exactly two paths, `/` (the page) and `/data.json` (the panels' data,
 read from the study it was started on); anything else is 404, so no file can be fetched
-through it. It binds 127.0.0.1 unless told otherwise.
+through it. It binds 127.0.0.1 unless told otherwise, answers only requests addressed to
+that host by name or address (a page on another site cannot reach it through DNS
+rebinding), escapes every string it puts in its page, serves requests on threads with a real
+listen backlog, and lets a client hang up quietly.
 """
 
+import html
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,13 +93,33 @@ setInterval(refresh, __INTERVAL__ * 1000);
 """
 
 
-def make_handler(root: Path, metrics: list[str] | None, interval: float):
-    page = PAGE.replace("__TITLE__", root.name).replace("__INTERVAL__", f"{interval:g}").encode()
+LOCAL_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def allowed_hosts(host: str) -> set[str]:
+    """Names a request's Host header may carry: the bound address, and the loopback names when
+    it is a loopback address (0.0.0.0 listens everywhere: its own names cannot be known)."""
+    names = {host, f"[{host}]"}
+    return names | LOCAL_NAMES if host in LOCAL_NAMES or host.startswith("127.") else names
+
+
+def host_name(header: str) -> str:
+    """'localhost:8765' -> 'localhost'; '[::1]:8765' -> '[::1]'."""
+    if header.startswith("["):
+        return header.split("]")[0] + "]"
+    return header.rsplit(":", 1)[0]
+
+
+def make_handler(root: Path, metrics: list[str] | None, interval: float, host: str = "127.0.0.1"):
+    page = PAGE.replace("__TITLE__", html.escape(root.resolve().name)).replace("__INTERVAL__", f"{interval:g}").encode()
+    hosts = allowed_hosts(host)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
-            if path == "/":
+            if host not in ("0.0.0.0", "::") and host_name(self.headers.get("Host") or "") not in hosts:
+                self.reply(403, "text/plain", b"forbidden: unknown host\n")
+            elif path == "/":
                 self.reply(200, "text/html; charset=utf-8", page)
             elif path == "/data.json":
                 body = json.dumps(collect(root, metrics, stale_after=max(30.0, 3 * interval))).encode()
@@ -104,12 +128,16 @@ def make_handler(root: Path, metrics: list[str] | None, interval: float):
                 self.reply(404, "text/plain", b"not found\n")
 
         def reply(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client hung up: nothing to tell anyone
+                pass
 
         def log_message(self, *args):  # quiet: the terminal belongs to the user
             pass
@@ -117,8 +145,17 @@ def make_handler(root: Path, metrics: list[str] | None, interval: float):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops connections when a page and its refreshes arrive together
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up is not an error
+            super().handle_error(request, client_address)
+
+
 def make_server(root: str | Path, host: str = "127.0.0.1", port: int = 8765, metrics=None, interval: float = 5.0):
-    return ThreadingHTTPServer((host, port), make_handler(Path(root), metrics, interval))
+    return Server((host, port), make_handler(Path(root), metrics, interval, host))
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8765, metrics=None, interval: float = 5.0) -> None:

@@ -3,7 +3,7 @@
 import math
 from pathlib import Path
 
-from ..report.plotting import pyplot
+from ..report.plotting import pyplot, save_figure
 from .data import collect
 
 
@@ -34,6 +34,6 @@ def static_plot(root: str | Path, output: str | Path, metrics: list[str] | None 
     fig.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=100)
+    save_figure(fig, output, dpi=100)
     plt.close(fig)
     return output

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..report.markdown import build_report
 from ..io import atomic_write_json, atomic_write_text
 from ..plugin import register_command, register_report
-from ..report.plotting import pyplot
+from ..report.plotting import pyplot, save_figure
 from ..study import resume_study, run_study
 from ..study.store import StudyStore
 from .flags import Command, add_common, add_sets, add_workers, executor_of
@@ -101,7 +101,7 @@ def build_ablation_report(study_dir) -> Path:
     top.set(title="top performers: " + " / ".join(short), xlabel="final held-out loss")
     top.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(figures / "ablation.png", dpi=100)
+    save_figure(fig, figures / "ablation.png", dpi=100)
     plt.close(fig)
     configuration_curves(store, ranked, short, figures / "configurations.png")
     threads = sorted({int(t) for t in results["threads"].dropna()}) if "threads" in results else []
@@ -132,7 +132,7 @@ def configuration_curves(store: StudyStore, ranked: pd.DataFrame, short: list[st
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -46,7 +46,7 @@ from ..options import Strict
 from ..plugin import register_command, register_job, register_report
 from ..privacy import MODES, DPEngine, per_sample_loss
 from ..privacy.engine import as_dtype
-from ..report.plotting import pyplot
+from ..report.plotting import pyplot, save_figure
 from ..study import run_study
 from ..study.store import StudyStore
 from .flags import Command, add_common, add_workers, executor_of
@@ -341,7 +341,7 @@ def figures(root: Path, runs: list[dict]) -> None:
             row[2].tick_params(axis="x", rotation=30)
             row[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(root / "figures" / f"{model}.png", dpi=90)
+        save_figure(fig, root / "figures" / f"{model}.png", dpi=90)
         plt.close(fig)
 
 

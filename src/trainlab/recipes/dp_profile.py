@@ -33,7 +33,7 @@ from ..plugin import register_command
 from ..privacy import MODES
 from ..privacy.engine import Budget, DPEngine, capture, per_sample_loss
 from ..privacy.norms import norm_dtype
-from ..report.plotting import pyplot
+from ..report.plotting import pyplot, save_figure
 from .batch_size import PeakRSS
 from .dp_consistency import build_problem
 from .flags import Command, add_common
@@ -295,7 +295,7 @@ def figure(rows: list[dict], path) -> None:
         ax.set(title=title, ylabel="ratio")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -41,7 +41,7 @@ from ..io import atomic_write_json
 from ..options import Strict
 from ..io import atomic_write_text, read_json
 from ..plugin import register_command, register_job, register_report
-from ..report.plotting import pyplot
+from ..report.plotting import pyplot, save_figure
 from ..spec import load_spec, parse_set, set_path
 from ..study import resume_study, run_study
 from ..study.store import StudyStore
@@ -314,7 +314,7 @@ def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path)
         ax.set(title=f"lr {lr:g}: std {values.std():.3g}", xlabel="validation loss after the last step", ylabel="runs")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.recovery import win_matrix
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 
 def _colors(arms) -> dict:
@@ -31,7 +31,7 @@ def _save(fig, path: Path) -> Path:
     with warnings.catch_warnings():  # tight_layout may give up on crowded tick labels; the figure is still fine
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.sweep import value_order, short_label, levels
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 
 def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
@@ -36,7 +36,7 @@ def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -58,5 +58,5 @@ def effects_figure(frame: pd.DataFrame, fields: list[str], metric: str, path) ->
     for ax in list(axes.flat)[len(fields):]:
         ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

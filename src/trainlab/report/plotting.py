@@ -1,4 +1,9 @@
-"""matplotlib, imported when a figure is drawn (not when trainlab starts), on the Agg backend."""
+"""matplotlib, imported when a figure is drawn (not when trainlab starts), on the Agg backend,
+and figures written like every other file of a study: whole or not at all."""
+
+import os
+import tempfile
+from pathlib import Path
 
 
 def pyplot():
@@ -8,3 +13,19 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Write `fig` as PNG to a temporary file beside `path`, then rename it over `path`: a kill
+    mid-write leaves the old figure (or none), never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

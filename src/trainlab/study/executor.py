@@ -23,8 +23,10 @@ Hooks given from Python run inside the training process (they are pickled to wor
 sinks get each trial's records in this process (live inline, when the trial ends elsewhere).
 """
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -144,7 +146,7 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
     slots = context.Value("i", 0)
     pending = {}
     with ProcessPoolExecutor(min(workers, len(plans)), mp_context=context, initializer=_start_worker,
-                             initargs=(slots, threads)) as pool:
+                             initargs=(slots, threads, os.getpid())) as pool:
         for plan in plans:
             pending[pool.submit(_run_one, str(store.root), plan, extras)] = plan
         try:
@@ -158,6 +160,9 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
                         bar.update(1)
         except BrokenProcessPool:
             pass
+        except BaseException:  # Ctrl-C, SIGTERM, an error here: no queued trial starts, no worker outlives us
+            stop_pool(pool)
+            raise
     retry = []
     for plan in pending.values():
         if store.finished(plan):  # it finished before the pool noticed the death
@@ -180,7 +185,33 @@ def fail(store, plan, reason: str, attempts: int) -> None:
     print(f"trial {plan.index} failed: {reason}", file=sys.stderr)
 
 
-def _start_worker(slots, threads: int) -> None:
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel every queued trial and end the workers now (their trials are unfinished: a resume
+    runs them again)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor keeps no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when the process that started it dies, by any signal
+    (and if it died while this worker was still starting, the worker ends now)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_worker(slots, threads: int, parent: int) -> None:
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     with slots.get_lock():
         slot = slots.value
         slots.value += 1

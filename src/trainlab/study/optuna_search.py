@@ -69,6 +69,19 @@ def make_sampler(optuna, kind: str, seed: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def check_storage(spec: dict) -> None:
+    """A storage URL of the user's is opened before the study directory exists, so a wrong one
+    leaves nothing behind (the default sqlite file lives in the study itself)."""
+    config = spec["sweep"].get("optuna")
+    if not config or not config["storage"]:
+        return
+    optuna = import_optuna()
+    try:
+        optuna.storages.get_storage(config["storage"])
+    except Exception as exc:  # storage URLs fail in many library-specific ways
+        raise UserError(f"sweep.optuna.storage: cannot open {config['storage']!r}: {' '.join(str(exc).split())[:200]}") from None
+
+
 def search(store, executor, quiet: bool, run_plans) -> None:
     """Propose, run and report trials until `n_trials` Optuna trials have finished."""
     optuna = import_optuna()

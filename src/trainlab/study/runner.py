@@ -3,15 +3,17 @@
 import contextlib
 import errno
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..engine import Trial
-from ..errors import SpecError, TrialsFailed, UserError
+from ..errors import Interrupted, SpecError, TrialsFailed, UserError
 from ..plugin import origin, registries as process_registries
 from ..spec import load_spec
 from .executor import ExecutorOptions, run_trials
-from .optuna_search import search
+from .optuna_search import check_storage, search
 from .store import StudyStore
 from .sweep import TrialPlan, expand, plans_for
 from .trial import Extras, job_of
@@ -95,8 +97,9 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
     check_workers_can_import(spec, executor, max(len(plans), 2))
+    check_storage(spec)
     store = StudyStore.create(spec, plans)
-    with space_errors(store), store.lock():
+    with interruptions(store), space_errors(store), store.lock():
         if on_create is not None:
             on_create(store, plans)
         execute(store, plans, quiet, executor, Extras(list(hooks), list(sinks)))
@@ -144,10 +147,34 @@ def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, execut
     if not store.spec["sweep"].get("optuna") and stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    with space_errors(store), store.lock():
+    with interruptions(store), space_errors(store), store.lock():
         execute(store, plans, quiet, executor or ExecutorOptions(workers=workers), Extras(list(hooks), list(sinks)))
         finish(store, quiet)
     return store.root
+
+
+@contextlib.contextmanager
+def interruptions(store: StudyStore):
+    """Ctrl-C or SIGTERM ends the study where it stands (the pool's workers with it): re-raised
+    as Interrupted, naming the study to resume."""
+    previous = signal.getsignal(signal.SIGTERM)
+    is_main = threading.current_thread() is threading.main_thread()
+
+    def terminate(signum, frame):
+        raise Interrupted(store.root, "SIGTERM")
+
+    if is_main:
+        signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except Interrupted as stop:
+        stop.study_dir = store.root
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(store.root) from None
+    finally:
+        if is_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -15,9 +15,11 @@ file in the same directory, are fsynced, then renamed over the target.
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -30,15 +32,32 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_
 from ..plugin import Registries, registries
 from .sweep import TrialPlan
 
+log = logging.getLogger("trainlab")
+
 __all__ = ["MetricsWriter", "StudyStore", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
            "read_jsonl"]
+
+
+def open_inside(path: Path, flags: int, what: str) -> int:
+    """os.open that never follows a symlink at the last step: a link planted in the study (to a
+    file elsewhere) is refused, not written through."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link: trainlab writes {what} only as a plain file inside the "
+                            "study; remove the link") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise UserError(f"{path} is not a plain file ({what}); remove it") from None
+        raise
 
 
 class MetricsWriter:
     """Appends records to metrics.jsonl; `flush` pushes them to the OS so readers see them."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "w", encoding="utf-8")
+        fd = open_inside(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a metrics stream")
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
         self.pending: list[str] = []
 
     def log(self, record: dict) -> None:
@@ -111,7 +130,11 @@ class StudyStore:
             raise UserError(f"output.root: cannot create the study directory in {str(parent)!r}: {exc.strerror}") from None
         meta = {"created": dt.datetime.now().isoformat(timespec="seconds"), **environment(), "spec": spec,
                 "trials": [plan.describe() for plan in plans]}
-        atomic_write_json(root / "study.json", meta)
+        try:
+            atomic_write_json(root / "study.json", meta)
+        except OSError as exc:  # a full disk, a quota: leave nothing behind
+            root.rmdir()
+            raise UserError(f"output.root: cannot write the study in {str(parent)!r}: {exc.strerror or exc}") from None
         return cls(root, meta)
 
     @classmethod
@@ -123,6 +146,10 @@ class StudyStore:
             meta = read_json(root / "study.json")
         except (ValueError, OSError) as exc:
             raise UserError(f"{str(root / 'study.json')!r} cannot be read: {exc}") from None
+        if not (isinstance(meta, dict) and isinstance(meta.get("spec"), dict) and isinstance(meta.get("trials"), list)
+                and all(isinstance(t, dict) and isinstance(t.get("index"), int) for t in meta["trials"])):
+            raise UserError(f"{str(root / 'study.json')!r} is not a study description (it needs a spec and a list of "
+                            "trials); was it edited?")
         return cls(root, meta)
 
     @contextlib.contextmanager
@@ -131,7 +158,7 @@ class StudyStore:
         trains would train trials twice and race on their files. flock is released by the OS when
         the holder dies, even by SIGKILL, so a killed study never stays locked."""
         path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_inside(path, os.O_RDWR | os.O_CREAT, "its lock")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -158,21 +185,36 @@ class StudyStore:
     def finished_index(self, index: int) -> bool:
         """Whether trial `index` of this study has its summary (whatever its plan)."""
         trial = next((t for t in self.meta.get("trials", []) if t["index"] == index), None)
-        try:
-            return trial is not None and read_json(self.trial_dir(index) / "summary.json").get("key") == trial["key"]
-        except (OSError, ValueError, AttributeError):
-            return False
+        summary = self.summary_of(index) if trial is not None else None
+        return summary is not None and summary.get("key") == trial.get("key")
 
     def finished(self, plan: TrialPlan) -> bool:
-        path = self.trial_dir(plan.index) / "summary.json"
+        summary = self.summary_of(plan.index)
+        return summary is not None and summary.get("key") == plan.key
+
+    def summary_of(self, index: int) -> dict | None:
+        """A trial's summary.json, or None when it is missing, torn or of the wrong shape (a
+        malformed summary counts as unfinished: the trial runs again), with a warning."""
+        path = self.trial_dir(index) / "summary.json"
         try:
-            return read_json(path).get("key") == plan.key
-        except (OSError, ValueError):
-            return False
+            summary = read_json(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s cannot be read (%s): the trial counts as unfinished", path, exc)
+            return None
+        # A job's summary is its own (no arms); a trial's arms must be records.
+        arms = summary.get("arms", {}) if isinstance(summary, dict) else None
+        if not (isinstance(arms, dict) and all(isinstance(a, dict) for a in arms.values())
+                and isinstance(summary.get("index"), int) and isinstance(summary.get("key"), str)):
+            log.warning("%s is not a trial summary: the trial counts as unfinished", path)
+            return None
+        return summary
 
     def start_trial(self, plan: TrialPlan) -> MetricsWriter:
         """(Re)start a trial from scratch: an unfinished trial's partial stream is replaced."""
         folder = self.trial_dir(plan.index)
+        self.check_inside(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").unlink(missing_ok=True)
         (folder / "failure.json").unlink(missing_ok=True)
@@ -224,18 +266,21 @@ class StudyStore:
                 failure = read_json(folder / "failure.json")
             except (OSError, ValueError):
                 continue
-            if not (folder / "summary.json").exists():
-                out.append(failure)
+            if isinstance(failure, dict) and "reason" in failure and not (folder / "summary.json").exists():
+                out.append({"index": failure.get("index"), **failure})
         return out
 
     def finish_trial(self, plan: TrialPlan, summary: dict) -> None:
         atomic_write_json(self.trial_dir(plan.index) / "summary.json", {"index": plan.index, "key": plan.key, **summary})
 
     def summaries(self) -> list[dict]:
-        out = []
-        for _, folder in self.trial_dirs():
-            try:
-                out.append(read_json(folder / "summary.json"))
-            except (OSError, ValueError):
-                continue
-        return out
+        return [summary for index, _ in self.trial_dirs() if (summary := self.summary_of(index)) is not None]
+
+    def check_inside(self, folder: Path) -> None:
+        """A trial folder (or a folder between it and the study) that is a symlink would take its
+        files out of the study: refused."""
+        part = folder
+        while part != self.root and self.root in part.parents:
+            if part.is_symlink():
+                raise UserError(f"{part} is a symbolic link: a trial's files stay inside its study; remove the link")
+            part = part.parent
