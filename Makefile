@@ -1,8 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> creates .venv, installs trainlab, runs the demo study, writes a report
 #   make test   -> creates .venv, installs trainlab with its test extras, runs the tests
-# Both install the optional extras (Optuna, Ray, Opacus, transformers, Triton) so every code path is tested;
-# EXTRAS=test skips them.
+# Both install the optional extras (Optuna, Ray, Opacus, transformers, Triton, TensorBoard, MLflow, W&B) so every
+# code path is tested; EXTRAS=test skips them.
 # Torch is installed first and explicitly so pip never pulls a multi-GB CUDA build.
 # Override TORCH for another build, e.g. make demo TORCH="torch --index-url <your CPU index>".
 
@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
-EXTRAS ?= sweep,ray,dp,hf,triton,test
+EXTRAS ?= sweep,ray,dp,hf,triton,tensorboard,mlflow,wandb,test
 STAMP  := $(VENV)/.trainlab-installed
 
 .PHONY: demo test chaos bench clean

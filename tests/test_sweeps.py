@@ -3,6 +3,7 @@ import json
 import pytest
 
 from conftest import small_spec
+from trainlab import load, load_summaries
 from trainlab.cli import main
 from trainlab.errors import SpecError
 from trainlab.spec import load_spec
@@ -105,6 +106,27 @@ def test_the_report_says_which_hyperparameter_matters(tmp_path):
     lr, batch = analysis["fields"]["arms.sgd.lr"], analysis["fields"]["plan.batch_size"]
     assert [row["value"] for row in lr["by_value"]] == ["0.0001", "0.01", "0.3"]
     assert lr["spearman"] > 0.5 and lr["importance"] > batch["importance"]
+    assert analysis["importance_methods"] == ["fanova", "ped_anova"]  # Optuna's evaluators, beside the forest's
+    assert lr["fanova"] > batch["fanova"] and abs(lr["fanova"] + batch["fanova"] - 1) < 1e-6
     assert analysis["recommendation"]["arms.sgd.lr"] != 0.0001
     report = (study / "report.md").read_text()
     assert "## Hyperparameters" in report and (study / "figures" / "effects.png").exists()
+    assert "| fANOVA | PED-ANOVA |" in report and "Optuna's functional ANOVA" in report
+
+
+def test_load_has_a_column_per_swept_field(tmp_path):
+    spec = small_spec(sweep={"grid": {"arms.sgd.lr": [0.01, 0.1], "task.hidden": [[8], [16]]}}, plan__steps=3)
+    spec["output"] = {"root": str(tmp_path)}
+    study = run_study(spec, quiet=True)
+    frame, summaries = load(study), load_summaries(study)
+    trials = json.loads((study / "study.json").read_text())["trials"]
+    for table in (frame, summaries):
+        assert {"arms.sgd.lr", "task.hidden"} <= set(table.columns)
+        for trial in trials:  # each row carries the value its trial used
+            rows = table[table["trial"] == trial["index"]]
+            assert (rows["arms.sgd.lr"] == trial["overrides"]["arms.sgd.lr"]).all()
+            assert (rows["task.hidden"] == json.dumps(trial["overrides"]["task.hidden"])).all()
+    means = summaries.groupby("arms.sgd.lr")["final_test_loss"].mean()
+    assert list(means.index) == [0.01, 0.1] and means.notna().all()
+    assert set(frame.groupby(["arms.sgd.lr", "task.hidden"]).groups) == {(lr, h) for lr in (0.01, 0.1)
+                                                                       for h in ("[8]", "[16]")}

@@ -7,6 +7,7 @@ code 2; nothing is written before the input has been checked.
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -48,12 +49,34 @@ def build_parser(commands) -> Parser:
     return parser
 
 
+class Messages(logging.Formatter):
+    """Status lines as they are; warnings and worse say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"trainlab: {record.levelname.lower()}: {text}"
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """trainlab's messages (logger "trainlab" and its children, one per module) to stderr:
+    status at INFO, --quiet keeps warnings and errors, -v adds DEBUG. A Python caller sets
+    levels per part as usual, e.g. logging.getLogger("trainlab.study").setLevel("DEBUG")."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Messages("%(message)s"))
+    logger = logging.getLogger("trainlab")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_logging(quiet="--quiet" in argv or "-q" in argv, verbose="--verbose" in argv or "-v" in argv)
     try:
         commands = registries(plugins_in(argv), os.getcwd()).commands
         parser = build_parser(commands)
         args = parser.parse_args(argv)
+        configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

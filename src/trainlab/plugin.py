@@ -14,6 +14,8 @@ and kind-specific traits:
     dp_rule      a per-sample gradient rule, keyed by the module class it covers
     command      a `trainlab` subcommand (its flags and its run)
     job          a trial that is not lock-step training (a recipe's stage): check(spec), run(spec, context)
+    logger       an experiment tracker: Logger(study_root, spec, options) (loggers/base.py); trait
+                 requires {module: extra}
 
 Every process (the driver and each worker alike) fills its registries the same way, by
 importing modules that register what they define with the `register_*` functions below:
@@ -37,8 +39,8 @@ from pydantic import BaseModel
 from .errors import SpecError, UserError
 from .options import NoOptions
 
-KINDS = ("task", "optimizer", "event", "probe", "mitigation", "fault_model", "report", "dp_rule", "command", "job")
-BUILTINS = ("trainlab.tasks", "trainlab.optim.optimizers", "trainlab.engine.events", "trainlab.privacy.rules",
+KINDS = ("task", "optimizer", "event", "probe", "mitigation", "fault_model", "report", "dp_rule", "command", "job", "logger")
+BUILTINS = ("trainlab.tasks", "trainlab.loggers", "trainlab.optim.optimizers", "trainlab.engine.events", "trainlab.privacy.rules",
             "trainlab.faults", "trainlab.probes", "trainlab.report", "trainlab.recipes")
 ENTRY_POINTS = "trainlab.plugins"
 
@@ -100,7 +102,7 @@ class Registry:
 
 class Registries:
     """One registry per kind: `registries.tasks`, `.optimizers`, `.events`, `.probes`,
-    `.mitigations`, `.fault_models`, `.reports`, `.dp_rules`, `.commands`, `.jobs`."""
+    `.mitigations`, `.fault_models`, `.reports`, `.dp_rules`, `.commands`, `.jobs`, `.loggers`."""
 
     def __init__(self):
         self.by_kind = {kind: Registry(kind) for kind in KINDS}
@@ -109,7 +111,8 @@ class Registries:
     def __getattr__(self, name: str) -> Registry:
         kind = {"tasks": "task", "optimizers": "optimizer", "events": "event", "probes": "probe",
                 "mitigations": "mitigation", "fault_models": "fault_model", "reports": "report",
-                "dp_rules": "dp_rule", "commands": "command", "jobs": "job"}.get(name)
+                "dp_rules": "dp_rule", "commands": "command", "jobs": "job",
+                "loggers": "logger"}.get(name)
         if kind is None:
             raise AttributeError(name)
         return self.by_kind[kind]
@@ -247,3 +250,4 @@ register_fault_model = _registrar("fault_model", "a FaultModel")
 register_report = _registrar("report", "build(study_dir) -> path of the report")
 register_command = _registrar("command", "a Command (a trainlab subcommand)")
 register_job = _registrar("job", "a Job: check(spec) before anything runs, run(spec, context) -> summary")
+register_logger = _registrar("logger", "a Logger class: Logger(study_root, spec, options) (trainlab.loggers.base)")

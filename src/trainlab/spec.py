@@ -9,6 +9,7 @@ in: the *resolved* spec stored in study.json.
 """
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -201,11 +202,24 @@ class SweepSpec(Strict):
         return self
 
 
+class LoggerSpec(Open):
+    kind: str
+
+
 class OutputSpec(Strict):
     root: str = "runs"
+    loggers: list[LoggerSpec] = Field(default_factory=list, description="experiment trackers the trials log to as "
+                                      "they run: tensorboard, mlflow, wandb (a name, or {kind: ..., options})")
     report: str = Field("standard", description="report builder: standard, none, or a recipe's")
     trial_dir: str = Field("trials/trial_{index:04d}", pattern=r"^[A-Za-z0-9_{}:./-]*\{index(:0?\d+d)?\}[A-Za-z0-9_{}:./-]*$",
                            description="trial folder inside the study, a pattern with {index}")
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _names(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        return [{"kind": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
 
     @field_validator("trial_dir")
     @classmethod
@@ -444,6 +458,9 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
     resolved["events"] = resolve_plugins(spec.events, registries.events, "events", context)
     resolved["probes"] = resolve_plugins(spec.probes, registries.probes, "probes", context)
     registries.reports.get(spec.output.report, "output.report")
+    resolved["output"]["loggers"] = resolve_plugins(spec.output.loggers, registries.loggers, "output.loggers", context)
+    for i, item in enumerate(resolved["output"]["loggers"]):
+        check_installed(registries.loggers.get(item["kind"]), f"output.loggers.{i}")
     random_paths = list(spec.sweep.random.params) if spec.sweep.random else []
     optuna_paths = list(spec.sweep.optuna.params) if spec.sweep.optuna else []
     for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths, *optuna_paths]:
@@ -452,6 +469,14 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
         raise SpecError("sweep.optuna.arm", f"no arm named {spec.sweep.optuna.arm!r}; "
                         f"arms: {', '.join(a['name'] for a in resolved['arms'])}")
     return resolved
+
+
+def check_installed(plugin, path: str) -> None:
+    """A plugin that needs an optional package says which extra brings it."""
+    for module, extra in plugin.trait("requires", {}).items():
+        if importlib.util.find_spec(module) is None:
+            raise SpecError(path, f"{plugin.kind} {plugin.name!r} needs the {module} package: "
+                                  f"pip install 'trainlab[{extra}]'")
 
 
 def _name_arms(arms: list[ArmSpec]) -> None:

@@ -10,26 +10,22 @@ a random forest's R^2 when that field is shuffled (scikit-learn permutation impo
 seeded). Top and bottom configurations and a recommendation close it.
 """
 
-import json
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .tables import swept_values
+
 
 def sweep_frame(summaries: pd.DataFrame, trials: list[dict]) -> tuple[pd.DataFrame, list[str]]:
-    """Summaries with one column per swept field (the trial's override values)."""
-    overrides = {t["index"]: t.get("overrides") or {} for t in trials}
-    fields = list(dict.fromkeys(k for o in overrides.values() for k in o))
+    """Summaries with one column per swept field (the trial's value; a list or mapping is one
+    category, its JSON text)."""
+    swept = swept_values(trials)
     frame = summaries.copy()
-    for field in fields:
-        frame[field] = [_cell(overrides.get(i, {}).get(field)) for i in frame["trial"]]
-    return frame, fields
-
-
-def _cell(value):
-    """A swept list or mapping (e.g. hidden sizes [8, 8]) becomes its JSON text: one category."""
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
+    for field, values in swept.items():
+        frame[field] = [values.get(i) for i in frame["trial"]]
+    return frame, list(swept)
 
 
 def own_rows(data: pd.DataFrame, field: str, arms: list[str]) -> pd.DataFrame:
@@ -68,6 +64,10 @@ def analyse(frame: pd.DataFrame, fields: list[str], metric: str = "final_test_ac
         out["fields"][field] = {"by_value": by_value, "spearman": rho, "spearman_p": p}
     for field, value in importance(data, fields, metric, seed).items():
         out["fields"][field]["importance"] = value
+    for method, found in optuna_importances(data, fields, metric, higher_is_better, seed).items():
+        out.setdefault("importance_methods", []).append(method)
+        for field in fields:
+            out["fields"][field][method] = found.get(field)
     out["interaction"] = interaction(data, fields, out["fields"], metric)
     ranked = data.sort_values(metric, ascending=not higher_is_better)
     columns = ["trial", "arm", *fields, metric]
@@ -171,3 +171,45 @@ def importance(data: pd.DataFrame, fields: list[str], metric: str, seed: int) ->
     model = RandomForestRegressor(n_estimators=200, random_state=seed).fit(x, data[metric])
     result = permutation_importance(model, x, data[metric], n_repeats=10, random_state=seed)
     return {f: float(v) for f, v in zip(fields, result.importances_mean)}
+
+
+OPTUNA_METHODS = {"fanova": "FanovaImportanceEvaluator", "ped_anova": "PedAnovaImportanceEvaluator"}
+
+
+def optuna_importances(data: pd.DataFrame, fields: list[str], metric: str, higher_is_better: bool,
+                       seed: int) -> dict[str, dict]:
+    """Optuna's fANOVA (variance of the metric explained by each field, from a random forest's
+    functional ANOVA) and PED-ANOVA (how much each field's distribution in the best 10% of rows
+    differs from all rows), normalised to sum to 1; {} without Optuna or with fewer than 8 rows.
+    The rows become finished trials of an in-memory Optuna study, each field a distribution
+    over its values (numbers as a range, anything else as categories)."""
+    try:
+        import optuna
+    except ImportError:
+        return {}
+    swept = [f for f in fields if data[f].astype(str).nunique() > 1]
+    if len(data) < 8 or not swept:
+        return {}
+    distributions = {}
+    for field in swept:
+        numeric = pd.to_numeric(data[field], errors="coerce")
+        distributions[field] = (optuna.distributions.FloatDistribution(float(numeric.min()), float(numeric.max()))
+                                if numeric.notna().all() else
+                                optuna.distributions.CategoricalDistribution(sorted(data[field].astype(str).unique())))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if higher_is_better else "minimize")
+    for _, row in data.iterrows():
+        params = {f: float(row[f]) if isinstance(d, optuna.distributions.FloatDistribution) else str(row[f])
+                  for f, d in distributions.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[metric])))
+    found = {}
+    for method, name in OPTUNA_METHODS.items():
+        evaluator = getattr(optuna.importance, name, None)
+        if evaluator is None:
+            continue
+        try:
+            made = evaluator(seed=seed) if method == "fanova" else evaluator()
+            found[method] = optuna.importance.get_param_importances(study, evaluator=made)
+        except (ValueError, RuntimeError):  # too few distinct rows for the method: left out, not guessed
+            continue
+    return found

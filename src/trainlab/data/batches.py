@@ -1,8 +1,6 @@
 """Inputs are a tensor or a dict of tensors (one row per sample in each): the few operations the
 trainer needs on either."""
 
-import torch
-
 
 def rows(inputs, index):
     """The rows `index` (a tensor of indices or a slice) of every input tensor."""

@@ -10,11 +10,14 @@ listen backlog, and lets a client hang up quietly.
 
 import html
 import json
+import logging
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .data import collect
+
+log = logging.getLogger(__name__)
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>trainlab monitor</title>
@@ -160,7 +163,7 @@ def make_server(root: str | Path, host: str = "127.0.0.1", port: int = 8765, met
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8765, metrics=None, interval: float = 5.0) -> None:
     server = make_server(root, host, port, metrics, interval)
-    print(f"monitoring {root} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    log.info(f"monitoring {root} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

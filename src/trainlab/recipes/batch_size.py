@@ -11,9 +11,9 @@ inside its own process instead of exhausting the machine.
 """
 
 import json
+import logging
 import os
 import re
-import resource
 import subprocess
 import sys
 import threading
@@ -28,7 +28,14 @@ from ..errors import UserError
 from ..report.markdown import markdown_table
 from ..plugin import register_command
 from ..spec import load_spec
+
+try:
+    import resource  # POSIX only: the CPU memory cap
+except ImportError:
+    resource = None
 from .flags import Command, add_common, add_plugins, add_sets
+
+log = logging.getLogger(__name__)
 
 SLACK = 512 * 2**20  # address-space head-room above the budget for allocator arenas and thread stacks
 
@@ -63,6 +70,7 @@ def device_memory(device: str) -> int:
 def profile_batch_sizes(spec: dict, batch_sizes: list[int], epochs: float = 1, memory_budget: int | None = None,
                         budget_fraction: float = 0.8, quiet: bool = False) -> list[ProfileRecord]:
     """Profile a resolved spec at each batch size, each in a fresh subprocess."""
+    check_platform()
     budget = memory_budget or int(budget_fraction * device_memory(spec["plan"]["device"]))
     records = []
     for size in batch_sizes:
@@ -70,9 +78,8 @@ def profile_batch_sizes(spec: dict, batch_sizes: list[int], epochs: float = 1, m
         record = run_child(job)
         records.append(record)
         if not quiet:
-            print(f"batch {size}: {record.status}" + (f", {record.samples_per_second:,.0f} samples/s, peak "
-                  f"{record.peak_memory_bytes / 2**20:,.0f} MiB" if record.status == "ok" else f" ({record.message})"),
-                  file=sys.stderr, flush=True)
+            log.info(f"batch {size}: {record.status}" + (f", {record.samples_per_second:,.0f} samples/s, peak "
+                  f"{record.peak_memory_bytes / 2**20:,.0f} MiB" if record.status == "ok" else f" ({record.message})"))
     return records
 
 
@@ -87,6 +94,16 @@ def run_child(job: dict) -> ProfileRecord:
                              if proc.returncode < 0 else "allocation failed")
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return ProfileRecord(job["batch_size"], "error", message=tail[:200])
+
+
+def check_platform() -> None:
+    """The profiler measures through /proc and caps memory with setrlimit: where either is
+    missing, it says so instead of reporting numbers it could not measure."""
+    missing = [what for what, ok in (("the resource module (setrlimit)", resource is not None),
+                                     ("/proc/self/statm", os.path.exists("/proc/self/statm"))) if not ok]
+    if missing:
+        raise UserError(f"profile-batch-size needs {' and '.join(missing)}, which this platform ({sys.platform}) "
+                        "lacks: profile on Linux")
 
 
 def child(job: dict) -> ProfileRecord:

@@ -6,7 +6,7 @@ from ..monitor.data import trial_dirs
 from ..plugin import register_command, registries
 from ..report import build_study_report
 from ..spec import dump_yaml, load_spec
-from ..study import expand, resume_study, run_study
+from ..study import expand, export_study, resume_study, run_study
 from ..study.sweep import seeds_of
 from .flags import Command, add_common, add_plugins, add_sets, add_workers, at_least, executor_of
 
@@ -17,6 +17,9 @@ def run_arguments(parser) -> None:
     parser.add_argument("--output-root", metavar="DIR", help="parent folder of the study directory (output.root)")
     parser.add_argument("--max-experiments", type=int, metavar="N",
                         help="run a seeded random subset of N trials of the sweep (sweep.max_trials)")
+    parser.add_argument("--log", action="append", default=[], metavar="NAME",
+                        help="also log to an experiment tracker as trials run: tensorboard, mlflow, wandb "
+                             "(output.loggers; repeat for several)")
     add_plugins(parser)
     add_workers(parser)
     add_common(parser)
@@ -28,7 +31,7 @@ def run(args) -> int:
     if args.max_experiments is not None:
         at_least("--max-experiments", args.max_experiments)
         sets.append(f"sweep.max_trials={args.max_experiments}")
-    study = run_study(args.spec, sets, quiet=args.quiet, executor=executor, plugins=args.plugins)
+    study = run_study(args.spec, sets, quiet=args.quiet, executor=executor, plugins=args.plugins, loggers=args.log)
     print(study)
     return 0
 
@@ -100,6 +103,25 @@ PLURALS = {"task": "tasks", "optimizer": "optimizers", "event": "events", "probe
            "fault_model": "fault_models", "report": "reports", "dp_rule": "dp_rules", "command": "commands"}
 
 
+def export_arguments(parser) -> None:
+    parser.add_argument("study_dir")
+    parser.add_argument("--to", action="append", required=True, metavar="NAME",
+                        help="tensorboard, mlflow or wandb (repeat for several)")
+    parser.add_argument("--tracking-uri", metavar="URI", help="with --to mlflow: a tracking server or database "
+                        "(default: sqlite in the study)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+
+
+def export(args) -> int:
+    items = [{"kind": name, **({"tracking_uri": args.tracking_uri} if name == "mlflow" and args.tracking_uri else {})}
+             for name in dict.fromkeys(args.to)]
+    if args.tracking_uri and "mlflow" not in args.to:
+        raise UserError("--tracking-uri: only with --to mlflow")
+    trials = export_study(args.study_dir, items, quiet=args.quiet)
+    print(f"{args.study_dir}: {len(trials)} trial(s) logged to {', '.join(dict.fromkeys(args.to))}")
+    return 0
+
+
 def list_arguments(parser) -> None:
     parser.add_argument("kind", nargs="?", choices=sorted(PLURALS.values()), help="one kind (default: every kind)")
     add_plugins(parser)
@@ -133,6 +155,8 @@ register_command("resume", Command("finish the unfinished trials of a study", re
 register_command("report", Command("rebuild report.md and figures from stored data", report_arguments, report))
 register_command("monitor", Command("follow a run or study live in a browser, or plot it once", monitor_arguments,
                                     monitor))
+register_command("export", Command("log an existing study to TensorBoard, MLflow or W&B (the runs --log makes)",
+                                   export_arguments, export))
 register_command("plugins", Command("list the plugins of every kind (tasks, optimizers, probes, ...)", list_arguments,
                                     list_plugins))
 register_command("tasks", list_of("tasks"))

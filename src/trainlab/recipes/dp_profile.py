@@ -16,11 +16,11 @@ top of the weights; the memory ratio compares weights + that peak. Rows:
 """
 
 import concurrent.futures as cf
+import importlib.util
+import logging
 import multiprocessing as mp
 import statistics
-import sys
 import time
-import importlib.util
 import traceback
 from pathlib import Path
 
@@ -37,6 +37,8 @@ from ..report.plotting import pyplot, save_figure
 from .batch_size import PeakRSS
 from .dp_consistency import build_problem
 from .flags import Command, add_common
+
+log = logging.getLogger(__name__)
 
 BASELINE = "non_dp"
 OPACUS = ("opacus_hooks", "opacus_ghost")
@@ -236,14 +238,13 @@ def profile(models: list[str], batches: list[int], seqs: list[int], modes: list[
                 shape = {"model": model, "batch": batch, "seq": seq, "device": device, "dtype": dtype,
                          "threads": threads}
                 if not quiet:
-                    print(f"{model} batch {batch} seq {seq}: timing {len(modes)} modes x {rounds} rounds",
-                          file=sys.stderr)
+                    log.info(f"{model} batch {batch} seq {seq}: timing {len(modes)} modes x {rounds} rounds")
                 timing = time_modes(shape, modes, rounds)
                 for mode in modes:
                     row = {**shape, "mode": mode, **timing[mode]}
                     if memory and row["error"] is None:
                         if not quiet:
-                            print(f"  peak memory: {mode}", file=sys.stderr)
+                            log.info(f"  peak memory: {mode}")
                         row.update(peak_memory(shape, mode))
                     rows.append(row)
                 add_ratios([r for r in rows if (r["model"], r["batch"], r["seq"]) == (model, batch, seq)])

@@ -23,8 +23,8 @@ task, data, sampler, dtype and device.
 """
 
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -37,15 +37,16 @@ from ..curvature import HessianOperator, exact_hessian, top_eigenpairs
 from ..engine import Hook, Trial
 from ..engine.ensemble import run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text
 from ..options import Strict
-from ..io import atomic_write_text, read_json
 from ..plugin import register_command, register_job, register_report
 from ..report.plotting import pyplot, save_figure
 from ..spec import load_spec, parse_set, set_path
 from ..study import resume_study, run_study
 from ..study.store import StudyStore
 from .flags import Command, add_common, add_sets, add_workers, executor_of
+
+log = logging.getLogger(__name__)
 
 STAGES = {1: "sgd", 2: "gd", 3: "hessian", 4: "many-sgd", 5: "gd-runs", 6: "val-loss"}
 
@@ -185,7 +186,7 @@ class DynamicsStage:
                                    context.sink)
             summary = {**summary, "gd_lr": scaled, "scaling": s.gd_scaling}
         if not context.quiet:
-            print(f"dynamics stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''}) done", file=sys.stderr)
+            log.info(f"dynamics stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''}) done")
         return {"stage": stage, "name": STAGES[stage], "lr": lr, **summary}
 
 

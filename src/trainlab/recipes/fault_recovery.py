@@ -15,8 +15,8 @@ Layout of the study directory:
 """
 
 import json
+import logging
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,6 +40,8 @@ from ..spec import load_spec, resolve
 from ..study.runner import run_study
 from ..study.store import MetricsWriter, StudyStore
 from .flags import Command, add_common, add_plugins, add_workers, executor_of
+
+log = logging.getLogger(__name__)
 
 INJECTION_KEYS = ("step", "target", "tensor", "state", "indices", "fault", "bits", "values", "duration",
                   "eval_every_after")
@@ -131,8 +133,8 @@ def pretrain(store: StudyStore, quiet: bool) -> None:
                       "plan": {**spec["plan"], "steps": options["max_steps"], "init_from": None, "eval_every": 25}},
                      registries=store.registries())
     if not quiet:
-        print(f"pretraining with {options['optimizer']} (lr {options['lr']}) to held-out accuracy "
-              f"{options['accuracy']} (at most {options['max_steps']} steps)", file=sys.stderr)
+        log.info(f"pretraining with {options['optimizer']} (lr {options['lr']}) to held-out accuracy "
+              f"{options['accuracy']} (at most {options['max_steps']} steps)")
     folder = store.root / "pretraining"
     folder.mkdir(exist_ok=True)
     writer = MetricsWriter(folder / "metrics.jsonl")
@@ -162,8 +164,8 @@ def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
                         **{k: event[k] for k in INJECTION_KEYS}})
     atomic_write_json(store.root / "all_injection_configs.json", entries)
     if not quiet:
-        print(f"{len(plans)} experiment(s) x {len(store.spec['arms'])} arm(s); plan: "
-              f"{store.root / 'all_injection_configs.json'}", file=sys.stderr)
+        log.info(f"{len(plans)} experiment(s) x {len(store.spec['arms'])} arm(s); plan: "
+              f"{store.root / 'all_injection_configs.json'}")
 
 
 # ---------------------------------------------------------------- per experiment

@@ -37,7 +37,9 @@ def executor_of(args) -> ExecutorOptions:
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines (warnings and "
+                        "errors still show)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also debug messages (logging level DEBUG)")
     parser.add_argument("--data-dir", metavar="DIR", help="where datasets live (else $TRAINLAB_DATA, then ~/.cache/trainlab)")
 
 

@@ -93,6 +93,9 @@ def build_report(study_dir: str | Path) -> Path:
     return atomic_write_text(store.root / "report.md", "\n".join(lines))
 
 
+METHOD_NAMES = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
+
+
 def _sweep(store: StudyStore, summaries) -> list[str]:
     """Hyperparameter effects, when the study swept anything."""
     frame, fields = sweep_frame(summaries, store.meta.get("trials", []))
@@ -111,7 +114,8 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
     rows, values = [], []
     for field, info in result["fields"].items():
         best = pick(info["by_value"], key=lambda v: v["adjusted"] if v["adjusted"] is not None else v["mean"])
-        rows.append([field, best["value"], info["spearman"], info["spearman_p"], info.get("importance")])
+        rows.append([field, best["value"], info["spearman"], info["spearman_p"], info.get("importance"),
+                     *(info.get(method) for method in result.get("importance_methods", []))])
         for v in info["by_value"]:
             interval = f"[{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]" if v["ci_low"] is not None else "-"
             values.append([field, v["value"], v["n"], v["mean"], interval, v["adjusted"]])
@@ -123,8 +127,13 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
              "happened to be drawn with). Details: `analysis.json`.", "",
              markdown_table(["field", "value", "n", f"raw mean {label}", "95% interval", "adjusted mean"], values), "",
              f"Per field: the value with the best (adjusted, else raw) mean; Spearman rank correlation with the {label}; "
-             "importance = drop in a random forest's R^2 when the field is shuffled.", "",
-             markdown_table(["field", "best value", "Spearman", "p", "importance"], rows), "",
+             "permutation importance = drop in a random forest's R^2 (scikit-learn) when the field is shuffled"
+             + ("; fANOVA = share of the metric's variance the field explains (Optuna's functional ANOVA)"
+                if "fanova" in result.get("importance_methods", []) else "")
+             + ("; PED-ANOVA = how differently the field is spread in the best 10% of rows (Optuna), both normalised "
+                "to sum to 1" if "ped_anova" in result.get("importance_methods", []) else "") + ".", "",
+             markdown_table(["field", "best value", "Spearman", "p", "permutation importance",
+                             *(METHOD_NAMES[m] for m in result.get("importance_methods", []))], rows), "",
              "Best configuration: trial " + str(rec["trial"]) + f" (`{rec['arm']}`), "
              + ", ".join(f"{f} = {rec[f]}" for f in fields) + f": {label} {fmt(rec[result['metric']])}.", "",
              "![effects](figures/effects.png)", ""]

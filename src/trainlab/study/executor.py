@@ -24,6 +24,7 @@ sinks get each trial's records in this process (live inline, when the trial ends
 """
 
 import ctypes
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -40,8 +41,11 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import read_jsonl
+from . import loggers
 from .store import StudyStore
 from .trial import Extras, run_trial
+
+log = logging.getLogger(__name__)
 
 KINDS = ("inline", "pool", "ray")
 
@@ -75,13 +79,20 @@ def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Cal
     extras = extras or Extras()
     if not plans:
         return
+    log.debug("executor %s: %d trial(s), %d worker(s), %s torch thread(s) each", kind, len(plans), options.workers,
+              options.threads or ("all" if kind == "inline" else worker_threads(options.workers)))
     if kind == "inline":
         run_inline(store, plans, total, quiet, on_done, extras, options.threads)
         return
-    elsewhere = Extras(hooks=extras.hooks)  # sinks stay here: they get each trial's records when it ends
+    # sinks stay here: they get each trial's records when it ends; loggers log in pool workers
+    # as they train, and here for Ray trials, whose files arrive when they end
+    elsewhere = Extras(hooks=extras.hooks, log=kind != "ray")
+    study_loggers = loggers.loggers_of(store) if kind == "ray" and extras.log else []
 
     def done(plan) -> None:
         replay_records(store, plan, extras.sinks)
+        if study_loggers:
+            loggers.replay(study_loggers, store, plan)
         on_done(plan)
 
     if kind == "ray":
@@ -182,7 +193,7 @@ def _pool_round(store, plans, workers: int, on_done: Callable, bar, attempts: di
 def fail(store, plan, reason: str, attempts: int) -> None:
     """Record a trial as failed (failure.json, listed in the report) and say so."""
     store.fail_trial(plan, reason, attempts)
-    print(f"trial {plan.index} failed: {reason}", file=sys.stderr)
+    log.warning(f"trial {plan.index} failed: {reason}")
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:

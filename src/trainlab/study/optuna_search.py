@@ -13,14 +13,16 @@ the hash of their resolved spec, so a proposal equal to a finished trial is not 
 """
 
 import json
+import logging
 import math
-import sys
 from dataclasses import replace
 
 import numpy as np
 
 from ..errors import UserError
 from .sweep import plans_for
+
+log = logging.getLogger(__name__)
 
 
 def import_optuna():
@@ -99,8 +101,8 @@ def search(store, executor, quiet: bool, run_plans) -> None:
 
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     if not quiet:
-        print(f"study {store.root}: Optuna search ({config['sampler']}), {done()}/{config['n_trials']} trials done"
-              + (f", {len(stale)} interrupted" if stale else ""), file=sys.stderr)
+        log.info(f"study {store.root}: Optuna search ({config['sampler']}), {done()}/{config['n_trials']} trials done"
+              + (f", {len(stale)} interrupted" if stale else ""))
     if stale:
         run_batch(store, study, stale, config, run_plans)
     while done() < config["n_trials"]:

@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import logging
 import math
 import signal
 import sys
@@ -12,11 +13,14 @@ from ..engine import Trial
 from ..errors import Interrupted, SpecError, TrialsFailed, UserError
 from ..plugin import origin, registries as process_registries
 from ..spec import load_spec
+from . import loggers
 from .executor import ExecutorOptions, run_trials
 from .optuna_search import check_storage, search
 from .store import StudyStore
 from .sweep import TrialPlan, expand, plans_for
 from .trial import Extras, job_of
+
+log = logging.getLogger(__name__)
 
 
 def preflight(plans: list[TrialPlan]) -> None:
@@ -40,12 +44,13 @@ def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
     prepare = report_of(store).trait("prepare")
     if prepare is not None:  # study-level inputs a recipe makes before its trials (again after a kill)
         prepare(store, quiet)
+    loggers.prepare(loggers.loggers_of(store))
     if store.spec["sweep"].get("optuna"):
         search(store, executor, quiet, lambda todo: run_plans(store, todo, len(todo), quiet, executor, extras))
         return
     todo = [plan for plan in plans if not store.finished(plan)]
     if not quiet:
-        print(f"study {store.root}: {len(plans)} trial(s), {len(plans) - len(todo)} already finished", file=sys.stderr)
+        log.info(f"study {store.root}: {len(plans)} trial(s), {len(plans) - len(todo)} already finished")
     run_plans(store, todo, len(plans), quiet, executor, extras)
 
 
@@ -60,7 +65,7 @@ def run_plans(store: StudyStore, todo: list[TrialPlan], total: int, quiet: bool,
             on_trial_end(store, plan)
         failure = None if store.finished(plan) else store.failure(plan)
         if failure and not quiet:
-            print(f"trial {plan.index} failed: {failure['reason']}", file=sys.stderr)
+            log.warning(f"trial {plan.index} failed: {failure['reason']}")
 
     waiting = list(todo)
     while waiting:
@@ -83,7 +88,7 @@ def after(plan: TrialPlan) -> list[int]:
 
 def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None, quiet: bool = False,
               on_create=None, workers: int = 1, executor: ExecutorOptions | None = None, plugins: list[str] = (),
-              hooks: list = (), sinks: list = ()) -> Path:
+              hooks: list = (), sinks: list = (), loggers: list[str] = ()) -> Path:
     """Run a spec (a file, a dict, or an already resolved spec) as a new study; returns its directory.
 
     `plugins` are modules added to the spec's own `plugins:`; `hooks` (trainlab.Hook objects)
@@ -91,8 +96,13 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
     its trial index. `on_create(store, plans)` may add files to the new study directory before
     any trial runs. `executor` picks inline / pool / ray; `workers` alone means a pool of that
     many processes. Raises TrialsFailed (a UserError) when a trial failed: the other trials
-    ran, and `resume_study` runs the failed ones again."""
+    ran, and `resume_study` runs the failed ones again. `loggers` adds trackers by name to the
+    spec's output.loggers (tensorboard, mlflow, wandb)."""
     spec = load_spec(spec, overrides, plugins=list(plugins))
+    if loggers:
+        known = [item["kind"] for item in spec["output"]["loggers"]]
+        spec["output"]["loggers"] += [{"kind": name} for name in dict.fromkeys(loggers) if name not in known]
+        spec = load_spec(spec)
     executor = executor or ExecutorOptions(workers=workers)
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
@@ -199,7 +209,8 @@ def finish(store: StudyStore, quiet: bool) -> None:
     """The report (it lists failed trials), then the failures, if any, as an error."""
     report = report_of(store).target(store.root)
     if report is not None and not quiet:
-        print(f"report: {report}", file=sys.stderr)
+        log.info(f"report: {report}")
+    loggers.finish(loggers.loggers_of(store), store, report)
     failures = store.failures()
     if failures:
         raise TrialsFailed(store.root, failures)

@@ -16,7 +16,6 @@ file in the same directory, are fsynced, then renamed over the target.
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import importlib.metadata
 import json
 import logging
@@ -25,6 +24,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+import filelock
 import torch
 
 from ..errors import UserError
@@ -32,7 +32,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_
 from ..plugin import Registries, registries
 from .sweep import TrialPlan
 
-log = logging.getLogger("trainlab")
+log = logging.getLogger(__name__)
 
 __all__ = ["MetricsWriter", "StudyStore", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
            "read_jsonl"]
@@ -42,7 +42,7 @@ def open_inside(path: Path, flags: int, what: str) -> int:
     """os.open that never follows a symlink at the last step: a link planted in the study (to a
     file elsewhere) is refused, not written through."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UserError(f"{path} is a symbolic link: trainlab writes {what} only as a plain file inside the "
@@ -155,19 +155,29 @@ class StudyStore:
     @contextlib.contextmanager
     def lock(self):
         """Hold the study for one process: a second `run`/`resume` of the same study while this one
-        trains would train trials twice and race on their files. flock is released by the OS when
-        the holder dies, even by SIGKILL, so a killed study never stays locked."""
+        trains would train trials twice and race on their files. The lock is the OS's (flock, or
+        LockFileEx on Windows, through filelock), released when its holder dies, even by SIGKILL,
+        so a killed study never stays locked. Where the platform has no file locks, the study
+        runs unlocked, with a warning."""
         path = self.root / ".lock"
         fd = open_inside(path, os.O_RDWR | os.O_CREAT, "its lock")
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                held = filelock.lock_descriptor(fd, blocking=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+                log.warning("this platform has no file locks: nothing stops a second process from running %s at "
+                            "the same time", self.root)
+                held = True
+            if not held:
+                os.lseek(fd, 0, os.SEEK_SET)
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
                 raise UserError(f"{str(self.root)!r} is being run by another process (pid {holder}); wait for "
-                                "it to end or stop it, then `trainlab resume` this study") from None
+                                "it to end or stop it, then `trainlab resume` this study")
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
             yield self
         finally:
             os.close(fd)  # closing the descriptor releases the lock

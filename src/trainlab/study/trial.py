@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..engine import Trial
 from ..errors import one_line
 from ..plugin import registries
+from . import loggers
 from .store import StudyStore
 from .sweep import TrialPlan
 
@@ -27,6 +28,7 @@ class Extras:
 
     hooks: list = field(default_factory=list)
     sinks: list = field(default_factory=list)
+    log: bool = True  # the study's loggers log where the trial runs (the Ray executor replays them instead)
 
 
 @dataclass
@@ -59,13 +61,16 @@ class Tee:
 
 
 def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extras: Extras | None = None) -> dict | None:
-    """Train one trial into the store; its summary, or None when it failed (recorded)."""
+    """Train one trial into the store; its summary, or None when it failed (recorded). A
+    logger that fails (a tracking server down) fails the trial the same way."""
     extras = extras or Extras()
     writer = store.start_trial(plan)
     bar = None if quiet else tqdm(desc=f"trial {plan.index + 1}/{total}", unit="step", leave=False,
                                   file=sys.stderr, dynamic_ncols=True)
+    logs = []
     try:
-        sink = Tee(writer, extras.sinks, plan.index) if extras.sinks else writer
+        logs = loggers.open_trial(loggers.loggers_of(store), store, plan) if extras.log else []
+        sink = Tee(writer, [*extras.sinks, *logs], plan.index) if extras.sinks or logs else writer
         if plan.spec.get("job"):
             summary = run_job(store, plan, sink, quiet)
         else:
@@ -74,9 +79,12 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
             if bar is not None:
                 bar.total = trial.total_steps
             summary = trial.run()
+        for log in logs:
+            log.close(summary)
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the study stops; nothing of this trial is lost that a resume would not redo
+        close_quietly(logs)
         store.fail_trial(plan, one_line(exc), details=traceback.format_exc())
         return None
     finally:
@@ -85,6 +93,15 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
             bar.close()
     store.finish_trial(plan, summary)
     return summary
+
+
+def close_quietly(logs: list) -> None:
+    """End a failed trial's runs as failed; the trial's own error is what gets reported."""
+    for log in logs:
+        try:
+            log.close(None)
+        except Exception:
+            pass
 
 
 def job_of(spec: dict):
