@@ -178,3 +178,110 @@ def test_hostile_flags_end_in_one_line_and_exit_2(tmp_path_factory, capsys, noth
     except SystemExit as stop:  # argparse's own --help / stub reached: both fine, neither a traceback
         code = 0 if str(stop) == "stub reached" or stop.code == 0 else stop.code
     check_outcome(code, capsys.readouterr().err, folder / "runs")
+
+
+# ---------------------------------------------------------------- structural attacks on the spec's text
+
+
+@st.composite
+def structural_attack(draw) -> tuple[str, list[str]]:
+    """A spec text (and --set flags) carrying one of the attacks of the adversarial pass, sized
+    by Hypothesis: alias bombs, self-referencing aliases, deep nesting (YAML, JSON, --set),
+    integers of thousands of digits, NUL characters, duplicate keys, booleans for numbers."""
+    base = yaml.safe_dump(small_spec(), sort_keys=False)
+    kind = draw(st.sampled_from(["alias_bomb", "recursive_alias", "yaml_nesting", "json_nesting", "set_nesting",
+                                 "big_int", "nul", "duplicate_key", "bool_for_number"]))
+    field = draw(st.sampled_from(["task.hidden", "plan.steps", "arms.0.lr", "sweep.grid", "name", "output.root"]))
+    section, _, leaf = field.partition(".")
+    if kind == "alias_bomb":
+        fan, depth = draw(st.integers(2, 12)), draw(st.integers(2, 12))
+        anchors = ["a0: &a0 [" + ", ".join(["x"] * fan) + "]"]
+        anchors += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]" for i in range(1, depth)]
+        return "\n".join(anchors) + "\n" + base + f"extra_{section}: *a{depth - 1}\n", []
+    if kind == "recursive_alias":
+        return base.replace("task:\n", "task: &t\n  loop: *t\n", 1), []
+    depth = draw(st.integers(60, 3000))
+    if kind == "yaml_nesting":
+        return base + f"nested: {'[' * depth}1{']' * depth}\n", []
+    if kind == "json_nesting":
+        import json
+
+        spec = small_spec()
+        return json.dumps(spec)[:-1] + f', "nested": {"[" * depth}1{"]" * depth}}}', []
+    if kind == "set_nesting":
+        return base, ["--set", f"{field}={'[' * depth}1{']' * depth}"]
+    if kind == "big_int":
+        digits = draw(st.integers(20, 6000))
+        return base, ["--set", f"{field}={'9' * digits}"]
+    if kind == "nul":
+        return base, ["--set", f"{field}=\"a\\0b\""]
+    if kind == "duplicate_key":
+        return base.replace("seed: 3\n", "seed: 3\nseed: 4\n", 1), []
+    return base, ["--set", f"{field}={draw(st.sampled_from(['true', 'false', 'yes', 'on']))}"]
+
+
+@settings(max_examples=min(EXAMPLES, 120), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(attack=structural_attack())
+def test_structural_spec_attacks_end_in_one_line(tmp_path_factory, capsys, no_training, attack):
+    text, flags = attack
+    folder = tmp_path_factory.mktemp("attack")
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    capsys.readouterr()
+    with contextlib.chdir(folder):
+        code = main(["run", str(path), *flags, "--quiet"])
+    err = capsys.readouterr().err
+    check_outcome(code, err, folder / "runs")
+    assert code == 2, f"accepted: {flags} {text[-200:]!r}"  # none of these is a spec a researcher meant
+
+
+# ---------------------------------------------------------------- store files of any shape
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    spec = small_spec(plan__steps=4, plan__eval_every=2, sweep={"repeats": 2})
+    spec["output"] = {"root": str(tmp_path_factory.mktemp("store") / "runs")}
+    from trainlab import run_study
+
+    return run_study(spec, quiet=True)
+
+
+json_values = st.recursive(hostile_scalars.filter(lambda v: not (isinstance(v, float) and not math.isfinite(v))),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.sampled_from(
+                                                       ["index", "key", "arms", "spec", "trials", "seed", "kind",
+                                                        "arm", "step", "loss", "overrides", "x"]), inner, max_size=4)),
+                           max_leaves=12)
+
+
+@settings(max_examples=min(EXAMPLES, 60), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(target=st.sampled_from(["study.json", "trials/trial_0000/summary.json", "trials/trial_0000/config.json",
+                               "trials/trial_0001/metrics.jsonl"]),
+       content=st.one_of(json_values.map(lambda v: __import__("json").dumps(v)), st.binary(max_size=64)),
+       command=st.sampled_from(["report", "load", "monitor", "resume"]))
+def test_store_files_of_any_shape_never_end_in_a_traceback(tmp_path_factory, capsys, no_training, finished_study,
+                                                            target, content, command):
+    import shutil
+
+    import trainlab
+
+    study = tmp_path_factory.mktemp("copy") / finished_study.name
+    shutil.copytree(finished_study, study)
+    (study / target).write_bytes(content if isinstance(content, bytes) else content.encode())
+    capsys.readouterr()
+    if command == "load":
+        try:
+            trainlab.load(study), trainlab.load_summaries(study)
+        except trainlab.UserError:
+            pass
+        return
+    argv = {"report": ["report", str(study)], "resume": ["resume", str(study), "--quiet"],
+            "monitor": ["monitor", str(study), "--static", "--output", str(study.parent / "m.png")]}[command]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, f"exit {code}: {err}"
+    if code == 2:
+        assert len([line for line in err.splitlines() if line.startswith("trainlab: error")]) == 1, err

@@ -24,6 +24,7 @@ def load(study_dir: str | Path) -> pd.DataFrame:
         except (OSError, ValueError, KeyError, TypeError):
             seed = None
         frame = pd.DataFrame.from_records(records)
+        frame = frame.drop(columns=[c for c in ("trial", "seed", *swept) if c in frame.columns])  # ours, not a record's
         frame.insert(0, "trial", index)
         frame.insert(1, "seed", seed)
         for i, (field, values) in enumerate(swept.items()):
@@ -34,6 +35,8 @@ def load(study_dir: str | Path) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     for column in NUMERIC.intersection(frame.columns):  # a garbled value is missing, not a crash further on
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    for column in TEXT.intersection(frame.columns):
+        frame[column] = frame[column].where(frame[column].map(lambda value: isinstance(value, str)))
     return frame
 
 
@@ -55,6 +58,7 @@ RESERVED = {"trial", "seed", "kind", "arm", "step"}  # a swept field never hides
 
 
 NUMERIC = {"step", "loss", "accuracy", "lr", "perplexity", "epsilon", "time_s"}
+TEXT = {"kind", "arm", "event", "probe", "reason"}
 
 
 def load_summaries(study_dir: str | Path) -> pd.DataFrame:
