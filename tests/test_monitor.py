@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -134,3 +136,65 @@ def test_the_server_serves_only_its_two_pages(tmp_path, server_for):
 def test_monitor_errors_are_one_line(tmp_path, capsys):
     assert main(["monitor", str(tmp_path)]) == 2
     assert "neither a study directory" in capsys.readouterr().err
+
+
+def seeded_study(tmp_path: Path) -> Path:
+    """Two arms x three seeds; then, as a probe would write them, a silhouette with a gap (one
+    cluster: None) and a loss spike of 1e15 in one seed."""
+    from trainlab import run_study
+
+    spec = small_spec(sweep={"repeats": 3}, plan__steps=20, plan__eval_every=5)
+    spec["output"] = {"root": str(tmp_path / "runs")}
+    study = run_study(spec, quiet=True)
+    for index in range(3):
+        with open(study / "trials" / f"trial_{index:04d}" / "metrics.jsonl", "a") as fh:
+            for step, value in [(5, 0.4), (10, None), (15, 0.6 + index / 100), (20, 0.7)]:
+                fh.write(json.dumps({"kind": "probe", "probe": "blobs", "arm": "sgd", "step": step,
+                                     "silhouette": value}) + "\n")
+    with open(study / "trials" / "trial_0000" / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"kind": "eval", "arm": "adam", "step": 20, "loss": 1e15, "accuracy": 0.1}) + "\n")
+    return study
+
+
+def test_seed_bands_gaps_one_step_range_and_log_axes(tmp_path):
+    from trainlab import load
+
+    study = seeded_study(tmp_path)
+    data = collect(study, ["loss", "silhouette"])
+    assert data["x_range"] == [0, 20] and data["scales"] == {"loss": "log", "silhouette": "linear"}
+    assert {run["group"] for run in data["runs"]} == {"sgd", "adam"}
+    bands = {(b["name"], b["line"]): b for b in data["bands"]["loss"]}
+    assert set(bands) == {(arm, line) for arm in ("sgd", "adam") for line in ("train", "held-out")}
+    frame = load(study)
+    train = frame[(frame.kind == "train") & (frame.arm == "sgd")].groupby("step")["loss"]
+    for step, mean, std in bands[("sgd", "train")]["points"]:  # mean and std over the three seeds, step by step
+        assert bands[("sgd", "train")]["seeds"] == 3
+        assert np.isclose(mean, train.mean()[step]) and np.isclose(std, train.std()[step])
+    silhouette = next(b for b in data["bands"]["silhouette"] if b["name"] == "sgd")
+    assert [p[0] for p in silhouette["points"]] == [5, 10, 15, 20] and silhouette["points"][1] == [10, None, None]
+    series = next(r for r in data["runs"] if r["name"] == "trial 0 / sgd")["series"]["silhouette"]["blobs"]
+    assert [10, None] in series  # a gap, not a line from 0.4 to 0.6
+    out = tmp_path / "plot.png"
+    assert main(["monitor", str(study), "--static", "--output", str(out), "--metrics", "loss", "silhouette"]) == 0
+    assert out.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_the_page_draws_bands_gaps_ticks_and_distinct_colours(tmp_path, server_for):
+    study = seeded_study(tmp_path)
+    dom = render(server_for(study) + "?", tmp_path / "profile")
+    assert dom.count('class="band"') >= 4 + 1  # loss: 2 arms x train/held-out; silhouette: sgd
+    assert "loss (log axis)" in dom and dom.count('class="xtick"') >= 2 * 4
+    assert re.search(r'class="ytick">1e\+1[0-5]<', dom)  # the log axis reaches the spike, with round ticks
+    silhouette = dom.split('data-metric="silhouette"')[1].split('class="panel"')[0]
+    assert silhouette.count('class="series"') == 2  # the band's mean, broken at the gap into two segments
+    from trainlab import run_study
+
+    spec = small_spec(arms=[{"name": f"a{i}", "optimizer": "sgd", "lr": 0.01 * (i + 1)} for i in range(13)],
+                      plan__steps=2)
+    spec["output"] = {"root": str(tmp_path / "many")}
+    many = run_study(spec, quiet=True)
+    dom = render(server_for(many), tmp_path / "profile2")
+    legend = dom.split('data-metric="loss"')[1].split('class="legend"')[1].split("</div>")[0]
+    colours = re.findall(r'style="color:([^"]+)"', legend)
+    assert len(colours) == 26 and len(set(colours)) == 13  # 13 arms (train and held-out each), 13 colours

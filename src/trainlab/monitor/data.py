@@ -4,10 +4,19 @@ Every record kind can feed a panel: a metric name is looked up in probe records 
 `silhouette`, `clusters`, `correlation` from the blobs probe) and in train/eval records
 (`loss`, `accuracy`: one line for training, one for held-out). Half-written lines are
 skipped; files are re-read only when they changed.
+
+Both renderers (the live page and `--static`) draw what `collect` decides: a value a record
+has but cannot give (a silhouette with one cluster, a non-finite loss) is a gap, never a line
+across it; every panel shares the study's step range; a panel whose values span more than
+three decades is drawn on a log axis (symlog when they cross zero); and the trials that differ
+only in their seed become one band per arm (mean and mean +- std over the seeds).
 """
 
+import json
+import math
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 from ..errors import UserError
@@ -56,9 +65,11 @@ def status_of(folder: Path, records: list[dict], arm: str, stale_after: float) -
 
 
 def collect(root: str | Path, metrics: list[str] | None = None, stale_after: float = 30.0) -> dict:
-    """{'metrics': [...], 'runs': [{'name', 'status', 'series': {metric: {line: [[step, value], ...]}}}]}"""
+    """{'metrics', 'runs': [{'name', 'status', 'group', 'series': {metric: {line: [[step, value or None]]}}}],
+    'bands': {metric: [{'name', 'line', 'seeds', 'points': [[step, mean, std]]}]}, 'x_range', 'scales'}"""
     metrics = metrics or DEFAULT_METRICS
     trials = trial_dirs(root)
+    groups = seed_groups(root)
     runs = []
     for label, folder in trials:
         records = records_of(folder / "metrics.jsonl")
@@ -67,20 +78,81 @@ def collect(root: str | Path, metrics: list[str] | None = None, stale_after: flo
             mine = [r for r in records if r.get("arm") == arm]
             series = {m: lines_for(mine, m) for m in metrics}
             name = arm if len(trials) == 1 else f"{label} / {arm}"
-            runs.append({"name": name, "status": status_of(folder, records, arm, stale_after), "series": series})
-    return {"metrics": metrics, "runs": runs, "updated": time.time(),
-            "points": sum(len(points) for run in runs for lines in run["series"].values() for points in lines.values())}
+            group = (f"{groups[label]} / {arm}" if groups[label] else arm) if label in groups else None
+            runs.append({"name": name, "status": status_of(folder, records, arm, stale_after), "series": series,
+                         "group": group})
+    values = [p for run in runs for lines in run["series"].values() for points in lines.values() for p in points]
+    steps = [p[0] for p in values]
+    return {"metrics": metrics, "runs": runs, "updated": time.time(), "points": len(values),
+            "bands": {m: bands(runs, m) for m in metrics},
+            "x_range": [min(steps), max(steps)] if steps else [0, 1],
+            "scales": {m: scale_of([p[1] for run in runs for pts in run["series"][m].values() for p in pts])
+                       for m in metrics}}
 
 
 def lines_for(records: list[dict], metric: str) -> dict[str, list]:
+    """[step, value] per line; a record that has the metric but no drawable value (None, NaN,
+    infinity) gives [step, None]: a gap."""
     lines: dict[str, list] = {}
     for r in records:
-        value = r.get(metric)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(r.get("step"), int):
+        if metric not in r or not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
             continue
-        if value != value or value in (float("inf"), float("-inf")):  # NaN/Inf cannot be drawn
+        value = r[metric]
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
             continue
+        drawable = value is not None and math.isfinite(value)
         kind = r.get("kind")
         line = {"train": "train", "eval": "held-out"}.get(kind, r.get("probe", kind))
-        lines.setdefault(line, []).append([r["step"], value])
+        lines.setdefault(str(line), []).append([r["step"], value if drawable else None])
     return lines
+
+
+def seed_groups(root: str | Path) -> dict[str, str]:
+    """Trial label -> its configuration (the trial's overrides, seed left out) when several
+    trials share it: those trials are seeds of one configuration."""
+    root = Path(root)
+    if not (root / "study.json").exists():
+        return {}
+    try:
+        trials = StudyStore.open(root).meta.get("trials", [])
+    except (UserError, KeyError):
+        return {}
+    config = {f"trial {t['index']}": json.dumps(t.get("overrides") or {}, sort_keys=True, default=str) for t in trials}
+    shared = Counter(config.values())
+    names = {key: f"config {i}" if key != "{}" else "" for i, key in enumerate(dict.fromkeys(config.values()))}
+    return {label: names[key] for label, key in config.items() if shared[key] > 1}
+
+
+def bands(runs: list[dict], metric: str) -> list[dict]:
+    """Mean and std over the seeds of each (configuration, arm, line), at the steps every seed
+    has a value for (a gap in any seed is a gap in the band)."""
+    out = []
+    grouped: dict[tuple, list] = {}
+    for run in runs:
+        if run["group"] is not None:
+            for line, points in run["series"][metric].items():
+                grouped.setdefault((run["group"], line), []).append(dict(map(tuple, points)))
+    for (group, line), members in grouped.items():
+        if len(members) < 2:
+            continue
+        points = []
+        for step in sorted(set.intersection(*(set(m) for m in members))):
+            values = [m[step] for m in members]
+            if any(v is None for v in values):
+                points.append([step, None, None])
+            else:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                points.append([step, mean, std])
+        out.append({"name": group, "line": line, "seeds": len(members), "points": points})
+    return out
+
+
+def scale_of(values: list) -> str:
+    """'log' when the positive values span more than three decades, 'symlog' when such values
+    also cross zero, else 'linear'."""
+    finite = [abs(v) for v in values if v is not None]
+    nonzero = [v for v in finite if v > 0]
+    if not nonzero or max(nonzero) / min(nonzero) <= 1e3:
+        return "linear"
+    return "log" if all(v is not None and v > 0 for v in values if v is not None) else "symlog"

@@ -38,41 +38,92 @@ td, th { padding: .2em .8em; border-bottom: 1px solid #eee; text-align: left; }
 <table id="runs"><thead><tr><th>run</th><th>status</th></tr></thead><tbody></tbody></table>
 <div id="panels"></div>
 <script>
-const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf"];
+function colour(i) {  // ten fixed colours, then hues a golden angle apart: never two lines alike
+  return i < COLORS.length ? COLORS[i] : "hsl(" + Math.round((i * 137.508) % 360) + ", 65%, 45%)";
+}
 function el(tag, attrs, text) {
-  const ns = ["svg", "polyline", "line", "text", "circle"].includes(tag) ? "http://www.w3.org/2000/svg" : null;
+  const ns = ["svg", "polyline", "polygon", "line", "text", "circle"].includes(tag) ? "http://www.w3.org/2000/svg" : null;
   const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
   if (text !== undefined) e.textContent = text;
   return e;
 }
-function panel(metric, runs) {
+function transform(scale) {  // values to the drawn axis: log10, or a symmetric log that crosses zero
+  if (scale === "log") return y => Math.log10(y);
+  if (scale === "symlog") return y => Math.sign(y) * Math.log10(1 + Math.abs(y) / 1e-3);
+  return y => y;
+}
+function ticks(lo, hi, count) {  // about `count` round numbers between lo and hi
+  const span = hi - lo || Math.abs(hi) || 1, raw = span / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map(m => m * mag).find(s => s >= raw);
+  const out = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toPrecision(12));
+  return out;
+}
+function label(v) {  // 0.25, 12, 1e+10: short either way
+  const a = Math.abs(v);
+  return a !== 0 && (a >= 1e4 || a < 1e-3) ? v.toExponential(0) : String(Number(v.toPrecision(3)));
+}
+function segments(pts, sx, sy) {  // a null value breaks the line: a gap stays a gap
+  const out = [[]];
+  for (const p of pts) {
+    if (p[1] === null) { if (out[out.length - 1].length) out.push([]); }
+    else out[out.length - 1].push(sx(p[0]) + "," + sy(p[1]));
+  }
+  return out.filter(s => s.length);
+}
+function panel(metric, data, colourOf, banded) {
   const box = el("div", {class: "panel", "data-metric": metric});
-  box.appendChild(el("h3", {}, metric));
-  const lines = [];
-  runs.forEach((run, i) => Object.entries(run.series[metric] || {}).forEach(([name, pts]) =>
+  const scale = data.scales[metric];
+  box.appendChild(el("h3", {}, metric + (scale === "linear" ? "" : " (" + scale + " axis)")));
+  const f = transform(scale), lines = [];
+  data.runs.forEach(run => banded.has(run.name) || Object.entries(run.series[metric] || {}).forEach(([name, pts]) =>
     pts.length && lines.push({label: run.name + (name === "train" || name === "held-out" ? " (" + name + ")" : ""),
-                              pts, color: COLORS[i % COLORS.length], dash: name === "train" ? "4 3" : ""})));
-  const all = lines.flatMap(l => l.pts);
+                              pts, color: colourOf[run.name], dash: name === "train" ? "4 3" : ""})));
+  const bands = data.bands[metric].map(b => ({label: b.name + (b.line === "train" || b.line === "held-out" ?
+    " (" + b.line + ")" : "") + ", mean of " + b.seeds + " seeds", b, color: colourOf[b.name],
+    dash: b.line === "train" ? "4 3" : ""}));
+  const ys = [...lines.flatMap(l => l.pts.map(p => p[1])),
+              ...bands.flatMap(x => x.b.points.flatMap(p => p[1] === null ? [] : [p[1] - p[2], p[1] + p[2]]))]
+    .filter(y => y !== null && (scale !== "log" || y > 0)).map(f);
   const svg = el("svg", {viewBox: "0 0 400 240", preserveAspectRatio: "none"});
-  if (all.length) {
-    const xs = all.map(p => p[0]), ys = all.map(p => p[1]);
-    const [x0, x1] = [Math.min(...xs), Math.max(...xs) || 1], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
-    const sx = x => 40 + 350 * (x - x0) / ((x1 - x0) || 1), sy = y => 220 - 200 * (y - y0) / ((y1 - y0) || 1);
-    svg.appendChild(el("text", {x: 2, y: 20, "font-size": 10}, y1.toPrecision(3)));
-    svg.appendChild(el("text", {x: 2, y: 220, "font-size": 10}, y0.toPrecision(3)));
-    svg.appendChild(el("text", {x: 360, y: 236, "font-size": 10}, "step " + x1));
+  if (ys.length) {
+    const [x0, x1] = data.x_range, [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const sx = x => 48 + 342 * (x - x0) / ((x1 - x0) || 1);
+    const sy = y => 215 - 200 * (f(scale === "log" ? Math.max(y, 1e-300) : y) - y0) / ((y1 - y0) || 1);
+    for (const t of ticks(x0, x1, 5)) {
+      svg.appendChild(el("line", {x1: sx(t), x2: sx(t), y1: 15, y2: 215, stroke: "#eee"}));
+      svg.appendChild(el("text", {x: sx(t) - 8, y: 232, "font-size": 9, class: "xtick"}, String(t)));
+    }
+    for (const t of ticks(y0, y1, 5)) {
+      const value = scale === "linear" ? t : scale === "log" ? Math.pow(10, t) : Math.sign(t) * 1e-3 * (Math.pow(10, Math.abs(t)) - 1);
+      const y = 215 - 200 * (t - y0) / ((y1 - y0) || 1);
+      svg.appendChild(el("line", {x1: 48, x2: 390, y1: y, y2: y, stroke: "#eee"}));
+      svg.appendChild(el("text", {x: 2, y: y + 3, "font-size": 9, class: "ytick"}, label(value)));
+    }
+    for (const x of bands) {
+      const rows = x.b.points.filter(p => p[1] !== null);
+      const upper = rows.map(p => sx(p[0]) + "," + sy(p[1] + p[2]));
+      const lower = rows.slice().reverse().map(p => sx(p[0]) + "," + sy(scale === "log" ? Math.max(p[1] - p[2], p[1] / 10) : p[1] - p[2]));
+      svg.appendChild(el("polygon", {points: upper.concat(lower).join(" "), fill: x.color, "fill-opacity": 0.2,
+                                     stroke: "none", class: "band"}));
+      for (const seg of segments(x.b.points, sx, sy))
+        svg.appendChild(el("polyline", {points: seg.join(" "), fill: "none", stroke: x.color, "stroke-width": 1.5,
+                                        "stroke-dasharray": x.dash, class: "series"}));
+    }
     for (const l of lines) {
-      svg.appendChild(el("polyline", {points: l.pts.map(p => sx(p[0]) + "," + sy(p[1])).join(" "), fill: "none",
-                                      stroke: l.color, "stroke-width": 1.5, "stroke-dasharray": l.dash,
-                                      class: "series", "data-points": l.pts.length}));
+      for (const seg of segments(l.pts, sx, sy))
+        svg.appendChild(el("polyline", {points: seg.join(" "), fill: "none", stroke: l.color, "stroke-width": 1.5,
+                                        "stroke-dasharray": l.dash, class: "series", "data-points": l.pts.length}));
     }
   } else {
     svg.appendChild(el("text", {x: 150, y: 120, "font-size": 12}, "no data yet"));
   }
   box.appendChild(svg);
   const legend = el("div", {class: "legend"});
-  lines.forEach(l => legend.appendChild(el("span", {style: "color:" + l.color}, l.label)));
+  [...lines, ...bands].forEach(l => legend.appendChild(el("span", {style: "color:" + l.color}, l.label)));
   box.appendChild(legend);
   return box;
 }
@@ -83,7 +134,11 @@ async function refresh() {
     body.replaceChildren(...data.runs.map(r => {
       const tr = el("tr", {}); tr.appendChild(el("td", {}, r.name));
       tr.appendChild(el("td", {class: r.status}, r.status)); return tr; }));
-    document.getElementById("panels").replaceChildren(...data.metrics.map(m => panel(m, data.runs)));
+    const bandNames = Object.values(data.bands).flat().map(b => b.name);
+    const banded = new Set(data.runs.filter(r => r.group !== null && bandNames.includes(r.group)).map(r => r.name));
+    const names = [...data.runs.map(r => r.name).filter(n => !banded.has(n)), ...new Set(bandNames)];
+    const colourOf = Object.fromEntries(names.map((n, i) => [n, colour(i)]));
+    document.getElementById("panels").replaceChildren(...data.metrics.map(m => panel(m, data, colourOf, banded)));
     document.getElementById("points").textContent = data.points;
     document.getElementById("updated").textContent = new Date(data.updated * 1000).toLocaleTimeString();
   } catch (err) {
