@@ -46,12 +46,12 @@ def replay(loggers: list, store: StudyStore, plan: TrialPlan) -> None:
     """Log a trial that ran elsewhere (or before) from its stored records and summary."""
     logs = open_trial(loggers, store, plan)
     for record in read_jsonl(store.trial_dir(plan.index) / "metrics.jsonl"):
-        for log in logs:
-            log.log(record)
+        for trial_log in logs:
+            trial_log.log(record)
     summary = store.summary_of(plan.index) if store.finished(plan) else None
-    for log in logs:
-        log.flush()
-        log.close(summary)
+    for trial_log in logs:
+        trial_log.flush()
+        trial_log.close(summary)
 
 
 def study_files(store: StudyStore, report: Path | None) -> list[Path]:

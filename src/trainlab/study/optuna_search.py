@@ -102,7 +102,7 @@ def search(store, executor, quiet: bool, run_plans) -> None:
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     if not quiet:
         log.info(f"study {store.root}: Optuna search ({config['sampler']}), {done()}/{config['n_trials']} trials done"
-              + (f", {len(stale)} interrupted" if stale else ""))
+                 + (f", {len(stale)} interrupted" if stale else ""))
     if stale:
         run_batch(store, study, stale, config, run_plans)
     while done() < config["n_trials"]:

@@ -79,8 +79,8 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
             if bar is not None:
                 bar.total = trial.total_steps
             summary = trial.run()
-        for log in logs:
-            log.close(summary)
+        for trial_log in logs:
+            trial_log.close(summary)
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the study stops; nothing of this trial is lost that a resume would not redo
@@ -97,9 +97,9 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
 
 def close_quietly(logs: list) -> None:
     """End a failed trial's runs as failed; the trial's own error is what gets reported."""
-    for log in logs:
+    for trial_log in logs:
         try:
-            log.close(None)
+            trial_log.close(None)
         except Exception:
             pass
 
