@@ -27,6 +27,8 @@ summary.json and summary.md (every mode, every quantity, mean / std / max differ
 FAIL; final loss and mean gradient norm per mode) and figures/<model>.png.
 """
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..data.mnist import load_mnist
@@ -106,9 +108,16 @@ def build_problem(name: str, steps: int, batch: int, seq: int, seed: int) -> Pro
 
 
 def linear_norms(model: nn.Module) -> dict:
-    return {name: {"weight_norm": float(m.weight.detach().norm()),
-                   "grad_norm": float(m.weight.grad.norm()) if m.weight.grad is not None else None}
+    """Weight and gradient norm of every Linear (gathered from the shards of a sharded model:
+    every rank must call it)."""
+    return {name: {"weight_norm": float(whole(m.weight.detach()).norm()),
+                   "grad_norm": float(whole(m.weight.grad).norm()) if m.weight.grad is not None else None}
             for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter or gradient gathered whole; a plain tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def run_mode(problem: Problem, mode: str, init: dict, dtype, C: float, sigma: float, seed: int, lr: float,
@@ -169,6 +178,100 @@ def compare(run: dict, ref: dict, threshold: float, with_norms: bool) -> dict:
                 "pass": bool(np.max(d) <= threshold)} for q, d in parts.items()}
 
 
+# ---------------------------------------------------------------- a mode sharded over processes (FSDP2)
+
+
+def shard(model: nn.Module, mesh) -> None:
+    """FSDP2 as transformer recipes apply it: each block of every ModuleList its own unit, then
+    the root (which keeps embeddings, tied heads and norms together)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def sharded_rank(rank: int, world: int, options: dict, seed: int, C: float, sigma: float, lr: float,
+                 folder: str, backend: str) -> None:
+    """One rank: the same model and batches as the reference, its contiguous share of every
+    batch, the model sharded; rank 0 writes what the comparison needs (gathered)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    o = SuiteOptions(**options)
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the ranks share the machine's cores
+    device = torch.device("cpu")
+    store = dist.FileStore(str(Path(folder) / "rendezvous"), world)  # a path, so a relative study root works
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    try:
+        dtype = DTYPES[o.dtype]
+        problem = build_problem(o.model, o.steps, o.batch, o.seq, seed)
+        torch.manual_seed(seed)
+        model = problem.make().to(dtype)  # the same initial weights as the reference's
+        model.to(device)
+        shard(model, init_device_mesh(device.type, (world,)))
+        engine = DPEngine(model, o.mode, max_grad_norm=C, noise_multiplier=sigma, seed=seed,
+                          expected_batch_size=o.batch)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        log = {"mode": o.mode, "loss": [], "grad_norm": [], "per_sample_norms": [], "step_time_s": []}
+        gradients = []
+        for step, (x, y) in enumerate(problem.batches):
+            share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+            started = time.perf_counter()
+            result = engine.backward(as_dtype(x[share], dtype).to(device), y[share].to(device), per_sample_loss)
+            log["step_time_s"].append(time.perf_counter() - started)
+            losses, norms = [None] * world, [None] * world
+            dist.all_gather_object(losses, result.losses.tolist())
+            dist.all_gather_object(norms, result.norms.tolist() if result.norms is not None else [])
+            flat = torch.cat([whole(p.grad).reshape(-1) for p in model.parameters()]).cpu()
+            gradients.append(flat)
+            log["loss"].append(float(np.mean([v for part in losses for v in part])))
+            log["grad_norm"].append(float(flat.norm()))
+            log["per_sample_norms"].append([v for part in norms for v in part] or None)
+            if step == 0:
+                log["first_step_linear"] = linear_norms(model)
+            if step == len(problem.batches) - 1:
+                log["last_step_linear"] = linear_norms(model)
+            optimizer.step()
+        weights = torch.cat([whole(p.detach()).reshape(-1) for p in model.parameters()]).cpu()
+        if rank == 0:
+            torch.save({"log": log, "gradients": torch.stack(gradients), "weights": weights}, f"{folder}/sharded.pt")
+        dist.barrier()  # no rank tears the group down while another still talks to it
+    finally:
+        dist.destroy_process_group()
+    # Done: leave without the interpreter's shutdown, where a gloo or OpenMP thread still being
+    # torn down now and then aborts the process (SIGABRT, "terminate called without an active
+    # exception") after its work is complete and saved.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_mode_sharded(o: "SuiteOptions", seed: int, C: float, sigma: float, lr: float, folder: Path, sink=None) -> dict:
+    """`o.mode` over o.fsdp CPU processes talking over gloo, each with its share of every batch;
+    the gathered result in run_mode's form. (The suite and its reference run on the CPU: the
+    regime-B noise is drawn from a CPU generator, which a GPU rank would not reproduce.)"""
+    import torch.multiprocessing as mp
+
+    backend = "gloo"
+    folder = Path(folder).resolve()
+    for stale in ("rendezvous", "sharded.pt"):  # a killed earlier attempt's files
+        (folder / stale).unlink(missing_ok=True)
+    options = o.model_dump()
+    mp.spawn(sharded_rank, args=(o.fsdp, options, seed, C, sigma, lr, str(folder), backend), nprocs=o.fsdp, join=True)
+    run = torch.load(folder / "sharded.pt", weights_only=True)
+    for name in ("rendezvous", "sharded.pt"):
+        (folder / name).unlink(missing_ok=True)
+    run["log"]["backend"] = backend
+    if sink is not None:
+        for step, (loss, norm) in enumerate(zip(run["log"]["loss"], run["log"]["grad_norm"])):
+            sink.log({"kind": "train", "arm": o.mode, "step": step + 1, "loss": loss, "grad_norm": norm})
+        sink.flush()
+    return run
+
+
 def check_modes(modes: list[str]) -> list[str]:
     check_known("--modes", "mode", modes, MODES)
     return list(dict.fromkeys(["per_sample", *modes]))  # the reference always runs
@@ -189,6 +292,17 @@ class SuiteOptions(Strict):
     seq: int = Field(32, gt=0)
     lr: float = Field(0.1, gt=0, description="SGD learning rate of regime A")
     lr_b: float = Field(1e-3, gt=0, description="SGD learning rate of regime B")
+    fsdp: int = Field(0, ge=0, le=64, description="shard each DP mode over this many processes with FSDP2 "
+                                                 "(0: one process; the per_sample reference always runs whole)")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.fsdp == 1:
+            raise ValueError("fsdp: 0 (one process) or 2 to 64 processes, not 1")
+        if self.fsdp > self.batch:  # a rank without samples would skip the collectives the others wait in
+            raise ValueError(f"fsdp: {self.fsdp} processes need a batch of at least {self.fsdp} samples "
+                             f"(batch {self.batch})")
+        return self
 
 
 class SuiteJob:
@@ -209,8 +323,12 @@ class SuiteJob:
         torch.manual_seed(seed)
         init = {k: v.to(dtype) for k, v in problem.make().state_dict().items()}
         C, sigma, lr = (median_norm(problem, init, dtype), 0.0, o.lr) if o.regime == "A" else (1e4, 0.01, o.lr_b)
-        run = run_mode(problem, o.mode, init, dtype, C, sigma, seed, lr, context.sink)
+        if o.fsdp and o.mode != "per_sample":
+            run = run_mode_sharded(o, seed, C, sigma, lr, context.folder, context.sink)
+        else:
+            run = run_mode(problem, o.mode, init, dtype, C, sigma, seed, lr, context.sink)
         record = {"model": o.model, "regime": o.regime, "mode": o.mode, "C": C, "sigma": sigma, "dtype": o.dtype,
+                  "processes": o.fsdp if o.fsdp and o.mode != "per_sample" else 1,
                   "data": problem.source, "final_loss": run["log"]["loss"][-1],
                   "mean_grad_norm": float(np.mean(run["log"]["grad_norm"]))}
         if context.inputs:  # the reference's gradients and weights, saved by its own trial
@@ -223,6 +341,7 @@ class SuiteJob:
             torch.save({"gradients": run["gradients"], "weights": run["weights"],
                         "log": {"loss": run["log"]["loss"], "per_sample_norms": run["log"]["per_sample_norms"]}},
                        context.folder / "tensors.pt")
+        record["backend"] = run["log"].get("backend")
         atomic_write_json(context.folder / "run.json", {**record, **run["log"]})
         return record
 
@@ -231,7 +350,8 @@ register_job("dp-consistency", SuiteJob, Options=SuiteOptions, doc="one model, r
 
 
 def suite_spec(models: list[str], modes: list[str], steps: int = 5, seed: int = 42, dtype: str = "float64",
-               batch: int = 8, seq: int = 32, lr: float = 0.1, lr_b: float = 1e-3, output_root: str = "runs") -> dict:
+               batch: int = 8, seq: int = 32, lr: float = 0.1, lr_b: float = 1e-3, output_root: str = "runs",
+               fsdp: int = 0) -> dict:
     """One trial per model, regime and mode; the per_sample reference first, every other mode
     after it (regime A has no no_dp trial: no_dp is not expected to clip)."""
     modes = check_modes(modes)
@@ -241,6 +361,10 @@ def suite_spec(models: list[str], modes: list[str], steps: int = 5, seed: int = 
         if value < 1:
             raise UserError(f"{flag}: must be at least 1, got {value}")
     check_known("--model", "model", models, MODEL_NAMES)
+    if fsdp == 1 or fsdp < 0 or fsdp > 64:
+        raise UserError(f"--fsdp: 0 (one process) or 2 to 64 processes, got {fsdp}")
+    if fsdp and batch < fsdp:  # SuiteOptions says the same for a spec written by hand
+        raise UserError(f"--fsdp: {fsdp} processes need a batch of at least {fsdp} samples (--batch-size {batch})")
     points = []
     for model in models:
         for regime in ("A", "B"):
@@ -250,15 +374,15 @@ def suite_spec(models: list[str], modes: list[str], steps: int = 5, seed: int = 
                        for mode in modes if mode != "per_sample" and not (mode == "no_dp" and regime == "A")]
     return {"name": "dp-consistency", "seed": seed,
             "job": {"kind": "dp-consistency", "model": models[0], "steps": steps, "dtype": dtype, "batch": batch,
-                    "seq": seq, "lr": lr, "lr_b": lr_b},
+                    "seq": seq, "lr": lr, "lr_b": lr_b, "fsdp": fsdp},
             "sweep": {"points": points},
             "output": {"root": output_root, "report": "dp-consistency", "trial_dir": "trials/{index:03d}"}}
 
 
 def run_suite(models: list[str], modes: list[str], steps: int = 5, seed: int = 42, dtype: str = "float64",
               batch: int = 8, seq: int = 32, lr: float = 0.1, lr_b: float = 1e-3, output_root: str = "runs",
-              quiet: bool = False, executor=None) -> Path:
-    spec = suite_spec(models, modes, steps, seed, dtype, batch, seq, lr, lr_b, output_root)
+              quiet: bool = False, executor=None, fsdp: int = 0) -> Path:
+    spec = suite_spec(models, modes, steps, seed, dtype, batch, seq, lr, lr_b, output_root, fsdp)
     return run_study(spec, quiet=quiet, executor=executor)
 
 
@@ -281,9 +405,10 @@ def build_suite_report(study_dir) -> Path:
     expected = len(store.meta.get("trials", []))
     summary = {"models": models, "modes": list(dict.fromkeys(p["job.mode"] for p in store.spec["sweep"]["points"])),
                "steps": job["steps"], "seed": store.spec["seed"], "dtype": job["dtype"], "batch": job["batch"],
-               "seq": job["seq"], "lr": job["lr"], "lr_b": job["lr_b"], "trials": expected, "finished": len(runs),
-               "rows": rows, "per_mode": [{k: r[k] for k in ("model", "regime", "mode", "final_loss", "mean_grad_norm")}
-                                          for r in runs],
+               "seq": job["seq"], "lr": job["lr"], "lr_b": job["lr_b"], "fsdp": job.get("fsdp", 0),
+               "trials": expected, "finished": len(runs), "rows": rows,
+               "per_mode": [{**{k: r[k] for k in ("model", "regime", "mode", "final_loss", "mean_grad_norm")},
+                             "processes": r.get("processes", 1), "backend": r.get("backend")} for r in runs],
                "passed": len(runs) == expected and all(r["pass"] for r in rows)}
     atomic_write_json(store.root / "summary.json", summary)
     figures(store.root, runs)
@@ -296,6 +421,10 @@ def summary_markdown(summary: dict, sources: dict) -> str:
              f"Models {', '.join(summary['models'])}; modes {', '.join(summary['modes'])}; {summary['steps']} steps, "
              f"batch {summary['batch']}, sequence {summary['seq']}, {summary['dtype']}, seed {summary['seed']}, "
              f"SGD lr {summary['lr']} (regime A) and {summary['lr_b']} (regime B).", ""]
+    if summary.get("fsdp"):
+        lines += [f"Every mode but the per_sample reference ran sharded with FSDP2 over {summary['fsdp']} processes, "
+                  "each with its share of every batch; its gradients and weights are gathered from the shards "
+                  "before they are compared with the one-process reference.", ""]
     if summary["finished"] < summary["trials"]:
         lines += [f"**Incomplete:** {summary['finished']} of {summary['trials']} trials finished "
                   "(`trainlab resume` runs the rest).", ""]
@@ -309,9 +438,10 @@ def summary_markdown(summary: dict, sources: dict) -> str:
                      f"{r['mean']:.2e} | {r['std']:.2e} | {r['max']:.2e} | {r['threshold']:.0e} | "
                      f"{'PASS' if r['pass'] else 'FAIL'} |")
     lines += ["", "Per mode: final loss and mean gradient norm over the steps.", "",
-              "| model | regime | mode | final loss | mean gradient norm |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['regime']} | {r['mode']} | {r['final_loss']:.10g} | {r['mean_grad_norm']:.6g} |"
-              for r in summary["per_mode"]]
+              "| model | regime | mode | processes | final loss | mean gradient norm |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['regime']} | {r['mode']} | {r.get('processes', 1)}"
+              f"{' (' + r['backend'] + ')' if r.get('backend') else ''} | {r['final_loss']:.10g} | "
+              f"{r['mean_grad_norm']:.6g} |" for r in summary["per_mode"]]
     lines += [""] + [f"![{name}](figures/{name}.png)" for name in summary["models"]]
     return "\n".join(lines) + "\n"
 
@@ -361,6 +491,9 @@ def arguments(parser) -> None:
     parser.add_argument("--dtype", default="float64", help="float64 (threshold 1e-10) or float32 (1e-5)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--fsdp", type=int, default=0, metavar="N",
+                        help="run every DP mode sharded with FSDP2 over N CPU processes (gloo) against the "
+                             "one-process per_sample reference")
     parser.add_argument("--output-root", default="runs", metavar="DIR")
     add_workers(parser)
     add_common(parser)
@@ -368,7 +501,7 @@ def arguments(parser) -> None:
 
 def run_command(args) -> int:
     root = run_suite(args.model, args.modes, args.steps, args.seed, args.dtype, args.batch_size, args.seq_len,
-                     output_root=args.output_root, quiet=args.quiet, executor=executor_of(args))
+                     output_root=args.output_root, quiet=args.quiet, executor=executor_of(args), fsdp=args.fsdp)
     summary = (root / "summary.md" if (root / "summary.md").exists() else build_suite_report(root)).read_text()
     print(summary)
     print(root)
