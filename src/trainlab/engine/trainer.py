@@ -459,6 +459,7 @@ class Trial:
                 if text is not None:
                     arms[arm.name]["sample"] = text
         return {"seed": self.seed, "steps": self.step, "total_steps": self.total_steps,
+                "steps_per_epoch": self.stream.steps_per_epoch,
                 "data_source": self.data.source, "chance_accuracy": self.chance_accuracy(), "notes": self.notes,
                 "threads": torch.get_num_threads(),  # train times are comparable only at the same count
                 "arms": arms}

@@ -1,10 +1,14 @@
 """The commands every study shares: run, validate, resume, report, monitor, and listing plugins."""
 
+import math
+
 from ..errors import UserError
 from ..monitor import serve, static_plot
 from ..monitor.data import trial_dirs
 from ..plugin import register_command, registries
 from ..report import build_study_report
+from ..report.diagnostics import diagnose_outputs
+from ..report.text import markdown_table
 from ..spec import dump_yaml, load_spec
 from ..study import expand, export_study, resume_study, run_study
 from ..study.sweep import seeds_of
@@ -99,6 +103,37 @@ def monitor(args) -> int:
     return 0
 
 
+def diagnose_arguments(parser) -> None:
+    parser.add_argument("path", metavar="CHECKPOINT_OR_DIR",
+                        help="a checkpoint (.pt), a trial directory or a study directory (every checkpoint in it)")
+    parser.add_argument("--eps", type=float, metavar="R", help="also cluster with this absolute DBSCAN radius")
+    parser.add_argument("--min-samples", type=int, metavar="N",
+                        help="... and this min_samples (alone: with the run's eps, auto by default)")
+    parser.add_argument("--encoder", metavar="NAME", help="encoder weight [h, d] (default: the study's blobs probe, "
+                                                          "else fc1.weight)")
+    parser.add_argument("--decoder", metavar="NAME", help="decoder weight [d, h] (default: the study's blobs probe, "
+                                                          "else fc2.weight)")
+    parser.add_argument("--pairs", type=int, metavar="N", help="pairs to sample (default: the probe's; 0 = all h*d: "
+                                                               "slow, and DBSCAN memory grows with dense clusters)")
+    parser.add_argument("--output", metavar="DIR", help="where the table and figures go "
+                                                        "(default: <trial or study>/diagnostics)")
+
+
+def diagnose_command(args) -> int:
+    if args.eps is not None and not (math.isfinite(args.eps) and args.eps > 0):
+        raise UserError("--eps: must be a positive finite number")
+    if args.min_samples is not None and args.min_samples < 2:
+        raise UserError("--min-samples: must be at least 2")
+    if args.pairs is not None and args.pairs < 0:
+        raise UserError("--pairs: must be 0 (every pair) or a positive count")
+    extra = {k: v for k, v in (("eps", args.eps), ("min_samples", args.min_samples)) if v is not None}
+    output, frame = diagnose_outputs(args.path, args.output, extra, args.encoder, args.decoder, args.pairs)
+    columns = ["trial", "arm", "step", "setting", "clusters", "noise", "largest_share", "silhouette", "correlation"]
+    print(markdown_table(columns, frame[columns].astype(object).where(frame[columns].notna(), None).values.tolist()))
+    print(f"{output}: blobs.csv, blobs.md, blobs.png (history), blob_pairs.png (last checkpoint)")
+    return 0
+
+
 PLURALS = {"task": "tasks", "optimizer": "optimizers", "event": "events", "probe": "probes", "mitigation": "mitigations",
            "fault_model": "fault_models", "report": "reports", "dp_rule": "dp_rules", "command": "commands"}
 
@@ -157,6 +192,9 @@ register_command("monitor", Command("follow a run or study live in a browser, or
                                     monitor))
 register_command("export", Command("log an existing study to TensorBoard, MLflow or W&B (the runs --log makes)",
                                    export_arguments, export))
+register_command("diagnose", Command("cluster the weight pairs of saved checkpoints under the run's and the "
+                                      "original study's DBSCAN settings, side by side", diagnose_arguments,
+                                      diagnose_command))
 register_command("plugins", Command("list the plugins of every kind (tasks, optimizers, probes, ...)", list_arguments,
                                     list_plugins))
 register_command("tasks", list_of("tasks"))

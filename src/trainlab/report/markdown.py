@@ -1,7 +1,6 @@
 """report.md: what was run, on which data, and how each arm did (tables + figure)."""
 
 import json
-import math
 from pathlib import Path
 
 from ..analysis.sweep import analyse, sweep_frame
@@ -9,21 +8,9 @@ from ..analysis.tables import arm_table, load, load_summaries
 from ..io import atomic_write_text
 from ..plugin import Registries, register_report
 from ..study.store import StudyStore
+from .diagnostics import diagnostics_section
 from .figures import curves_figure, effects_figure
-
-
-def fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+from .text import fmt, markdown_table
 
 
 def mean_std(row, metric: str) -> str:
@@ -87,7 +74,8 @@ def build_report(study_dir: str | Path) -> Path:
                       "as a ranking.", ""]
         curves_figure(metrics, store.root / "figures" / "curves.png")
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
-        lines += _sweep(store, summaries) + _splits(store) + _privacy(store) + _divergences(summaries) + _samples(summaries)
+        lines += _sweep(store, summaries) + diagnostics_section(store, metrics) + _splits(store) + _privacy(store)
+        lines += _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
     return atomic_write_text(store.root / "report.md", "\n".join(lines))
