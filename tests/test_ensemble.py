@@ -58,11 +58,31 @@ def test_runs_from_one_checkpoint_share_initial_weights(tmp_path):
     assert not np.allclose(result.weights[0], result.weights[1])  # different batches from the first step
 
 
-def test_batchnorm_models_fall_back_to_the_loop():
-    spec = load_spec(small_spec(task={"name": "mnist-cnn", "source": "offline", "n_train": 256, "n_test": 64},
-                                arms=[{"optimizer": "sgd", "lr": 0.05}], plan__steps=3))
+TASKS = {"gpt": {"name": "shakespeare-gpt", "n_chars": 1200},  # targets [B, 16]: one per token
+         "cnn": {"name": "mnist-cnn", "source": "offline", "n_train": 256, "n_test": 64},  # BatchNorm
+         "mlp": {"name": "mnist-mlp", "source": "offline", "n_train": 256, "n_test": 64, "hidden": [6, 5]}}
+
+
+@pytest.mark.parametrize("task", TASKS, ids=str)
+def test_batched_runs_of_every_model_kind_equal_plain_runs(task, tmp_path):
+    spec = load_spec(small_spec(task=TASKS[task], arms=[{"optimizer": "sgd", "lr": 0.1, "momentum": 0.9}],
+                                plan__steps=6, plan__batch_size=16, plan__sampler="replacement"))
+    batched = run_ensemble(spec, 3, record_steps=[2, 6], method="vmap", out_dir=tmp_path)
+    looped = run_ensemble(spec, 3, record_steps=[2, 6], method="loop")
+    assert np.max(np.abs(batched.losses - looped.losses)) < 1e-10
+    assert np.max(np.abs(batched.weights - looped.weights)) < 1e-10
+    for key in ("loss", "accuracy"):
+        assert np.max(np.abs(batched.eval_last[key] - looped.eval_last[key])) < 1e-10
+    assert set(batched.buffers) == set(looped.buffers)
+    for name, value in batched.buffers.items():  # BatchNorm running statistics of every run
+        assert value.shape[0] == 3 and np.max(np.abs(value - looped.buffers[name])) < 1e-10, name
+    assert not np.allclose(batched.losses[0], batched.losses[1])
+
+
+def test_other_optimizers_fall_back_to_the_loop():
+    spec = load_spec(small_spec(arms=[{"optimizer": "rmsprop", "lr": 0.01}], plan__steps=3))
     assert run_ensemble(spec, 2).method == "loop"
-    with pytest.raises(SpecError, match="BatchNorm"):
+    with pytest.raises(SpecError, match="batched runs support sgd, adam, adamw"):
         run_ensemble(spec, 2, method="vmap")
     with pytest.raises(SpecError, match="exactly one arm"):
         run_ensemble(load_spec(small_spec()), 2)

@@ -6,10 +6,14 @@ plan.init_from). Parameters of all runs are stacked ([R, ...]) and one vmapped
 forward/backward serves every run; the optimizers are functional re-implementations of
 torch.optim.SGD (momentum, nesterov, dampening, weight decay) and Adam/AdamW that match
 them update for update. A model with a parameter-free `features` stage (the pooled MLP)
-has that stage applied once to the whole dataset. Models that cannot be batched (BatchNorm
-in training mode) fall back to a plain loop of single-run trials with the same outputs.
+has that stage applied once to the whole dataset. BatchNorm trains on each run's batch
+statistics and keeps each run's running statistics (batched buffers, updated in place).
+Other optimizers fall back to a plain loop of single-run trials with the same outputs.
+Attention runs on the math backend in batched runs: the fused CPU kernel has no batching
+rule for its backward, and vmap would loop over the runs one by one.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data.samplers import IndexStream
 from ..errors import SpecError
@@ -35,13 +40,13 @@ class EnsembleResult:
     eval_first: dict = field(default_factory=dict)  # {"loss": [R], "accuracy": [R]} before training
     eval_last: dict = field(default_factory=dict)  # after the last step
     weights: np.ndarray | None = None  # [R, len(record_steps), P], memory-mapped when written to disk
+    buffers: dict = field(default_factory=dict)  # {name: [R, ...]} after the last step (BatchNorm statistics)
     record_steps: list[int] = field(default_factory=list)
     method: str = "vmap"
 
 
-def batchable(model: nn.Module, optimizer: str) -> bool:
-    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return optimizer in BATCHED_OPTIMIZERS and not has_batchnorm
+def batchable(optimizer: str) -> bool:
+    return optimizer in BATCHED_OPTIMIZERS
 
 
 def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_steps: list[int] | None = None,
@@ -58,10 +63,9 @@ def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_s
         raise SpecError("task.name", "many-runs ensembles need a fixed training set of tensors in memory")
     record_steps = sorted(set(record_steps or []))
     if method == "auto":
-        method = "vmap" if batchable(trial.arms[0].model, arm["optimizer"]) else "loop"
-    if method == "vmap" and not batchable(trial.arms[0].model, arm["optimizer"]):
-        raise SpecError("arms.0.optimizer", f"batched runs support {', '.join(BATCHED_OPTIMIZERS)} on models without "
-                                            "BatchNorm; use method 'loop'")
+        method = "vmap" if batchable(arm["optimizer"]) else "loop"
+    if method == "vmap" and not batchable(arm["optimizer"]):
+        raise SpecError("arms.0.optimizer", f"batched runs support {', '.join(BATCHED_OPTIMIZERS)}; use method 'loop'")
     weights = None
     if record_steps:
         size = sum(p.numel() for p in trial.arms[0].model.parameters())
@@ -82,7 +86,7 @@ def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_s
 def looped_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress, evaluate=True) -> EnsembleResult:
     """One single-run trial after another (any model, any optimizer)."""
     losses = np.zeros((len(seeds), trial.total_steps))
-    first, last = {"loss": [], "accuracy": []}, {"loss": [], "accuracy": []}
+    first, last, buffers = {"loss": [], "accuracy": []}, {"loss": [], "accuracy": []}, {}
     for r, seed in enumerate(seeds):
         run = Trial({**trial.spec, "seed": seed, "events": [], "probes": []})
         state = run.arms[0]
@@ -98,10 +102,12 @@ def looped_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress,
                 weights[r, record_steps.index(step)] = flat_params(state.model)
         for key, value in (run.evaluate_model(state.model) if evaluate else {}).items():
             last.setdefault(key, []).append(value)
+        for name, value in state.model.named_buffers():
+            buffers.setdefault(name, []).append(value.detach().cpu().numpy())
         if progress is not None:
             progress.update(1)
     return EnsembleResult(seeds, losses, {k: np.array(v) for k, v in first.items()},
-                          {k: np.array(v) for k, v in last.items()}, weights)
+                          {k: np.array(v) for k, v in last.items()}, weights, {k: np.stack(v) for k, v in buffers.items()})
 
 
 def flat_params(model: nn.Module) -> np.ndarray:
@@ -163,8 +169,9 @@ def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress
         else:  # index_select on the flat indices is cheaper than advanced indexing here
             flat_index = index.reshape(-1)
             x = x_train.index_select(0, flat_index).view(*index.shape, *x_train.shape[1:])
-            y = y_train.index_select(0, flat_index).view(index.shape)
-        grads, loss = step_fn(params, buffers, x, y)
+            y = y_train.index_select(0, flat_index).view(*index.shape, *y_train.shape[1:])
+        with sdpa_kernel(SDPBackend.MATH):
+            grads, loss = step_fn(params, buffers, x, y)
         losses[:, step - 1] = loss.detach().cpu().numpy()
         optimizer.step(params, grads, lr_factor(arm["schedule"], step - 1, trial.total_steps))
         if step in record_steps:
@@ -173,7 +180,8 @@ def batched_runs(trial: Trial, arm: dict, seeds, record_steps, weights, progress
         if progress is not None:
             progress.update(1)
     last = evaluate_all(net, params, buffers, x_test, y_test, task, options) if evaluate else {}
-    return EnsembleResult(seeds, losses, first, last, weights)
+    final_buffers = {k: v.detach().cpu().numpy() for k, v in buffers.items()}
+    return EnsembleResult(seeds, losses, first, last, weights, final_buffers)
 
 
 def initial_states(trial: Trial, seeds: list[int], staged: bool) -> tuple[dict, dict]:
@@ -253,6 +261,17 @@ def mlp_grad_and_loss(layers: list[str], params: dict, x: torch.Tensor, y: torch
     return grads, loss
 
 
+@contextlib.contextmanager
+def eval_mode(net: nn.Module):
+    """BatchNorm on its running statistics (and no dropout) while evaluating; restored after."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_all(net, params, buffers, x, y, task, options, chunk: int = 128) -> dict:
     """Held-out loss and accuracy of every run (the same data for all)."""
@@ -263,11 +282,12 @@ def evaluate_all(net, params, buffers, x, y, task, options, chunk: int = 128) ->
 
     total = torch.zeros(next(iter(params.values())).shape[0], dtype=torch.float64)
     correct = torch.zeros_like(total)
-    for start in range(0, len(y), chunk):
-        xs, ys = x[start:start + chunk], y[start:start + chunk]
-        loss, hits = vmap(one, in_dims=(0, 0, None, None))(params, buffers, xs, ys)
-        total += loss.double().cpu()
-        correct += hits.double().cpu()
+    with eval_mode(net), sdpa_kernel(SDPBackend.MATH):
+        for start in range(0, len(y), chunk):
+            xs, ys = x[start:start + chunk], y[start:start + chunk]
+            loss, hits = vmap(one, in_dims=(0, 0, None, None))(params, buffers, xs, ys)
+            total += loss.double().cpu()
+            correct += hits.double().cpu()
     items = task.loss_items(y)  # samples (tokens for a language model): the same count accuracy is over
     return {"loss": (total / items).numpy(), "accuracy": (correct / items).numpy()}
 
