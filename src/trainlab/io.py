@@ -11,9 +11,27 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s directory, with the mode an ordinary file gets (mkstemp
+    makes it 0600, which the rename would carry over to the final file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -112,23 +112,34 @@ def _load_offline() -> tuple[Split, Split]:
 
 
 def load_mnist(source: str = "idx", n_train: int = 6400, n_test: int = 6400, normalize: bool = True,
-               classes: tuple[int, ...] | None = None) -> MnistData:
+               classes: tuple[int, ...] | None = None, test_classes: tuple[int, ...] | None = None) -> MnistData:
     """The first n_train / n_test digits of each split (as the studies this tool replaces did),
-    only of the given `classes` when set (e.g. (3, 5, 8): digits that look alike)."""
+    only of the given `classes` when set (e.g. (3, 5, 8): digits that look alike); the test
+    split keeps `test_classes` when given (train on similar digits, validate on all ten)."""
     if source == "offline":
         train, test = _load_offline()
         label = OFFLINE_LABEL
     else:
         train, test = _load_idx_split("train"), _load_idx_split("test")
         label = "MNIST (IDX files)"
+    test_classes = test_classes if test_classes is not None else classes
     if classes:
-        train, test = _only(train, classes), _only(test, classes)
-        label += f", digits {', '.join(map(str, classes))} only"
+        train = _only(train, classes)
+    if test_classes:
+        test = _only(test, test_classes)
+    if classes and tuple(test_classes or ()) == tuple(classes):
+        label += f", digits {digit_list(classes)} only"
+    elif classes or test_classes:
+        label += f", training digits {digit_list(classes or range(10))}, held-out digits {digit_list(test_classes or range(10))}"
     for name, want, split in (("n_train", n_train, train), ("n_test", n_test, test)):
         if want > len(split.labels):
             raise UserError(f"task.{name}: {want} requested but the {label} {name[2:]} split has "
                             f"{len(split.labels)} digits; use at most {len(split.labels)}")
     return MnistData(_take(train, n_train, normalize), _take(test, n_test, normalize), label)
+
+
+def digit_list(classes) -> str:
+    return ", ".join(map(str, classes))
 
 
 def _only(split: Split, classes) -> Split:

@@ -2,11 +2,11 @@
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import atomic_write_bytes
 
 
 def user_cache_dir() -> Path:
@@ -45,9 +45,7 @@ def download_verified(url: str, dest: Path, check, timeout: float = 30.0) -> Pat
         raise UserError(f"could not download {url}: {exc}") from None
     if not check(payload):
         raise UserError(f"downloaded {url} failed its checksum; nothing was saved")
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, dest)
+    atomic_write_bytes(dest, payload)
     return dest
 
 

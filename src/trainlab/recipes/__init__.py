@@ -2,4 +2,4 @@
 run them; `core` holds the commands every study shares. Each module registers its own
 commands and reports as plugins."""
 
-from . import ablation, batch_size, core, dp_consistency, dp_profile, dynamics, fault_recovery  # noqa: F401
+from . import ablation, batch_size, core, dp_consistency, dp_profile, dynamics, dynamics_report, fault_recovery  # noqa: F401

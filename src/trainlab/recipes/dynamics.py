@@ -1,48 +1,50 @@
-"""SGD vs GD dynamics: a study of six stages per setup.
+"""SGD vs GD dynamics: the researchers' study of six stages per setup.
 
-    trainlab dynamics --setup 1                                # a new study of every stage
+    trainlab dynamics --setup 1                                # exp1 (MNIST) setup 1, a new study
+    trainlab dynamics --experiment shakespeare --setup 2       # exp2 (Shakespeare) setup 2
     trainlab dynamics --setup 1 --set stage1_epochs=1 --set runs=50
     trainlab resume runs/dynamics-setup1-<stamp>              # after a kill: the unfinished stages
-    trainlab dynamics --results-dir DIR --stage 4 --force     # stage 4 (and what depends on it) again
+    trainlab dynamics --results-dir DIR --set runs=2000 --force   # other settings: changed stages replaced
 
 1 sgd          SGD from initialisation -> checkpoint.pt
 2 gd           full-batch GD continued from stage 1 -> checkpoint.pt
 3 hessian      for one learning rate, SGD steps from the GD checkpoint recording the parameters and
                the top Hessian eigenvalues of each minibatch loss -> trajectory.npz, trajectory.json
 4 many-sgd     for one learning rate, R independent SGD runs from the GD checkpoint (seed + i),
-               batched -> weights.npy, losses.npy, runs.json
+               batched -> weights.npy, losses.npy, buffers.npz, runs.json
 5 gd-runs      for one learning rate, GD from the GD checkpoint (lr `default` or scaled by N/B)
-6 val-loss     the report: the validation-loss distribution of stage 4 -> val_loss/ (CSV,
-               summary.json, histograms) and report.md
+6 val-loss     the report (dynamics_report.py): the validation-loss distribution of stage 4 and a
+               figure per stage -> val_loss/ and report.md
 
 Each of stages 1-5 (per learning rate for 3-5) is one trial of the study, a `dynamics` job that
 runs after the trials whose checkpoint it starts from (stages/<index>/, with stage.json naming
-it); stage 6 is the study's report. So the study runs in any executor, resumes after a kill
-with `trainlab resume`, and `trainlab report` rebuilds stage 6. Every stage uses the setup's
-task, data, sampler, dtype and device.
+it and the settings its outputs depend on); stage 6 is the study's report. So the study runs
+in any executor, resumes after a kill with `trainlab resume`, and `trainlab report` rebuilds
+stage 6. A rerun with other settings compares them with each finished stage's: a difference
+is refused, or with --force the stages it touches are replaced whole.
 """
 
 import json
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from ..curvature import HessianOperator, exact_hessian, top_eigenpairs
 from ..engine import Hook, Trial
 from ..engine.ensemble import run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json
 from ..options import Strict
-from ..plugin import register_command, register_job, register_report
-from ..report.plotting import pyplot, save_figure
+from ..plugin import register_command, register_job
 from ..spec import load_spec, parse_set, set_path
-from ..study import resume_study, run_study
+from ..study import expand, resume_study, run_study
 from ..study.store import StudyStore
 from .flags import Command, add_common, add_sets, add_workers, executor_of
 
@@ -52,50 +54,94 @@ STAGES = {1: "sgd", 2: "gd", 3: "hessian", 4: "many-sgd", 5: "gd-runs", 6: "val-
 
 
 SIMILAR_DIGITS = [3, 5, 8]  # mnist_similar: digits that are easily confused
+Dataset = Literal["mnist", "mnist_similar", "shakespeare"]
 
 
 class DynamicsSetup(Strict):
+    experiment: Literal["mnist", "shakespeare"] = "mnist"
     setup: int = 1
-    dataset: Literal["mnist", "mnist_similar", "shakespeare"] = "mnist"
+    train_data: Dataset = Field("mnist", description="mnist, mnist_similar (digits 3, 5, 8) or shakespeare")
+    val_data: Dataset = Field("mnist", description="the held-out set: mnist (all ten digits), mnist_similar, shakespeare")
     task: dict = Field(default_factory=lambda: {"name": "mnist-mlp"})
     sampler: Literal["shuffle", "replacement"] = "shuffle"
     dtype: Literal["float32", "float64"] = "float64"
     device: str = "cpu"
     batch_size: int = Field(64, gt=0)
-    seed: int = Field(0, ge=0)
-    stage1_lr: float = Field(0.05, gt=0)
-    stage1_epochs: float = Field(5, gt=0)
-    gd_lr: float = Field(0.05, gt=0)
-    gd_steps: int = Field(200, gt=0)
-    lrs: list[float] = Field([0.001, 0.05], min_length=1)
-    hessian_steps: int = Field(20, gt=0, description="stage 3: SGD steps per learning rate")
+    seed: int = Field(42, ge=0)
+    stage1_lr: float = Field(0.1, gt=0)
+    stage1_epochs: float = Field(10000, gt=0)
+    stage1_sampler: Literal["shuffle", "replacement"] = Field(
+        "shuffle", description="stage 1's sampler (the researchers' stage 1 always shuffles)")
+    gd_lr: float = Field(0.1, gt=0)
+    gd_steps: int = Field(10000, gt=0, description="stage 2: full-batch steps (one per epoch)")
+    lrs: list[float] = Field([0.05, 0.01, 0.005, 0.001], min_length=1)
+    hessian_steps: int = Field(1000, gt=0, description="stage 3: SGD steps per learning rate")
     hessian_top: int = Field(5, gt=0, description="stage 3: eigenvalues per minibatch Hessian")
-    runs: int = Field(200, gt=1, description="stage 4: independent SGD runs per learning rate")
-    run_steps: int = Field(300, gt=0, description="stage 4: steps of each run")
+    hessian_method: Literal["lanczos", "exact"] = Field("lanczos", description="stage 3: top-k by Lanczos, or the "
+                                                                               "exact Hessian")
+    runs: int = Field(1000, gt=1, description="stage 4: independent SGD runs per learning rate")
+    run_steps: int = Field(1111, gt=0, description="stage 4: steps of each run")
+    trajectory_steps: list[int] = Field([], description="stage 4: steps at which every run's weights are kept "
+                                                        "besides the last")
     gd_scaling: Literal["default", "N/B"] = Field("default", description="stage 5: lr, or lr x N / B")
-    gd_run_steps: int = Field(300, gt=0)
+    gd_run_steps: int = Field(1111, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        text = {self.train_data == "shakespeare", self.val_data == "shakespeare"}
+        if len(text) > 1:
+            raise ValueError("train_data and val_data: shakespeare trains and validates on text only")
+        language = self.task.get("name") == "shakespeare-gpt"
+        if language != (self.train_data == "shakespeare") and self.task.get("name") in ("mnist-mlp", "mnist-cnn",
+                                                                                          "shakespeare-gpt"):
+            raise ValueError(f"task.name: {self.task.get('name')} does not train on {self.train_data}")
+        if any(not 1 <= step <= self.run_steps for step in self.trajectory_steps):
+            raise ValueError(f"trajectory_steps: every step must lie in 1..run_steps ({self.run_steps})")
+        return self
 
 
+# The researchers' MNIST: the first 6,400 training and test digits, scaled to [0, 1], not standardised.
+MLP = {"name": "mnist-mlp", "n_train": 6400, "n_test": 6400, "normalize": False}
+CNN = {"name": "mnist-cnn", "n_train": 6400, "n_test": 6400, "normalize": False}
+EXP1 = {"experiment": "mnist", "train_data": "mnist", "val_data": "mnist", "task": MLP, "dtype": "float64",
+        "seed": 42, "batch_size": 64, "stage1_lr": 0.1, "gd_lr": 0.1, "stage1_epochs": 10000, "gd_steps": 10000,
+        "hessian_steps": 1000, "runs": 1000, "run_steps": 1111, "gd_run_steps": 1111, "lrs": [0.1, 0.01]}
+EXP2 = {"experiment": "shakespeare", "train_data": "shakespeare", "val_data": "shakespeare",
+        "task": {"name": "shakespeare-gpt"}, "dtype": "float32", "seed": 42, "batch_size": 64, "stage1_lr": 0.01,
+        "gd_lr": 0.01, "stage1_epochs": 10000, "gd_steps": 10000, "hessian_steps": 1000, "run_steps": 1111,
+        "gd_run_steps": 1111}
+SHORT = {"stage1_epochs": 1000, "gd_steps": 1000}
+# The researchers' setups (exp1 on MNIST, exp2 on Shakespeare); docs/dynamics.md has the table.
 SETUPS = {
-    1: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "shuffle", "dtype": "float64"},
-    2: {"task": {"name": "mnist-mlp", "n_train": 6400}, "sampler": "replacement", "dtype": "float64"},
-    3: {"dataset": "mnist_similar", "task": {"name": "mnist-mlp", "n_train": 6400, "n_test": 2800},
-        "sampler": "shuffle", "dtype": "float64"},
-    4: {"dataset": "mnist_similar", "task": {"name": "mnist-mlp", "n_train": 6400, "n_test": 2800},
-        "sampler": "replacement", "dtype": "float64"},
-    5: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "shuffle", "dtype": "float32"},
-    6: {"task": {"name": "mnist-cnn", "n_train": 6400}, "sampler": "replacement", "dtype": "float32"},
-    7: {"dataset": "shakespeare", "task": {"name": "shakespeare-gpt"}, "sampler": "shuffle", "dtype": "float64",
-        "stage1_lr": 0.5, "gd_lr": 0.5, "lrs": [0.01, 0.5]},
-    8: {"dataset": "shakespeare", "task": {"name": "shakespeare-gpt"}, "sampler": "replacement", "dtype": "float64",
-        "stage1_lr": 0.5, "gd_lr": 0.5, "lrs": [0.01, 0.5]},
+    "mnist": {
+        1: {**EXP1, "sampler": "shuffle", "lrs": [0.05, 0.01, 0.005, 0.001]},
+        2: {**EXP1, "sampler": "replacement", "lrs": [0.05, 0.01, 0.005, 0.001]},
+        3: {**EXP1, **SHORT, "task": CNN, "sampler": "shuffle"},
+        4: {**EXP1, **SHORT, "task": CNN, "train_data": "mnist_similar", "sampler": "replacement"},
+        6: {**EXP1, **SHORT, "sampler": "replacement"},
+        7: {**EXP1, "sampler": "replacement", "dtype": "float32"},
+        8: {**EXP1, "sampler": "shuffle", "dtype": "float32"},
+    },
+    "shakespeare": {
+        1: {**EXP2, "sampler": "shuffle", "lrs": [0.001], "runs": 10},
+        2: {**EXP2, "sampler": "replacement", "lrs": [0.01], "runs": 1000},
+    },
 }
+ABSENT = {("mnist", 5): "the researchers' exp1 has no setup 5 (their setups are 1-4 and 6-8)"}
 
 
-def setup_of(number: int, sets: list[str]) -> DynamicsSetup:
-    if number not in SETUPS:
-        raise UserError(f"--setup {number}: allowed setups are {', '.join(map(str, SETUPS))}")
-    data = {"setup": number, **json.loads(json.dumps(SETUPS[number]))}
+def setup_of(experiment: str, number: int, sets: list[str], base: dict | None = None) -> DynamicsSetup:
+    """A setup's defaults (or `base`, a stored setup) with --set changes applied."""
+    if base is None:
+        table = SETUPS.get(experiment)
+        if table is None:
+            raise UserError(f"--experiment {experiment}: allowed experiments are {', '.join(SETUPS)}")
+        if number not in table:
+            why = ABSENT.get((experiment, number), "")
+            raise UserError(f"--setup {number}: allowed setups of experiment {experiment} are "
+                            f"{', '.join(map(str, table))}{f' ({why})' if why else ''}")
+        base = {"setup": number, **table[number]}
+    data = json.loads(json.dumps(base))
     for assignment in sets:
         set_path(data, *parse_set(assignment))
     try:
@@ -105,23 +151,46 @@ def setup_of(number: int, sets: list[str]) -> DynamicsSetup:
 
 
 def task_of(s: DynamicsSetup) -> dict:
-    """The setup's task; mnist_similar keeps only digits that look alike."""
-    if s.dataset == "mnist_similar":
-        return {**s.task, "classes": s.task.get("classes") or SIMILAR_DIGITS}
-    return s.task
+    """The setup's task: mnist_similar keeps only digits that look alike, on either side."""
+    if s.train_data == "shakespeare":
+        return s.task
+    train = SIMILAR_DIGITS if s.train_data == "mnist_similar" else None
+    held_out = SIMILAR_DIGITS if s.val_data == "mnist_similar" else list(range(10))
+    task = {**s.task, "classes": s.task.get("classes") or train}
+    return {**task, "test_classes": s.task.get("test_classes") or (held_out if task["classes"] else None)}
+
+
+def study_name(s: DynamicsSetup) -> str:
+    return f"dynamics-setup{s.setup}" if s.experiment == "mnist" else f"dynamics-{s.experiment}-setup{s.setup}"
 
 
 def trial_spec(s: DynamicsSetup, optimizer: str, lr: float, steps=None, epochs=None, init_from=None, seed=None,
                sampler=None) -> dict:
-    return load_spec({"name": f"dynamics-setup{s.setup}", "seed": s.seed if seed is None else seed, "task": task_of(s),
+    return load_spec({"name": study_name(s), "seed": s.seed if seed is None else seed, "task": task_of(s),
                       "arms": [{"name": optimizer, "optimizer": optimizer, "lr": lr}],
                       "plan": {"steps": steps, "epochs": epochs, "batch_size": s.batch_size,
                                "sampler": sampler or s.sampler, "dtype": s.dtype, "device": s.device,
                                "eval_every": 10**9, "init_from": str(init_from) if init_from else None}})
 
 
+# What each stage's outputs depend on: a rerun compares these fields with the stored ones.
+COMMON = ("experiment", "train_data", "val_data", "task", "dtype", "device", "batch_size", "seed")
+STAGE_FIELDS = {1: COMMON + ("stage1_sampler", "stage1_lr", "stage1_epochs"),
+                2: ("gd_lr", "gd_steps"),
+                3: ("sampler", "hessian_steps", "hessian_top", "hessian_method"),
+                4: ("sampler", "runs", "run_steps", "trajectory_steps"),
+                5: ("gd_scaling", "gd_run_steps")}
+BEFORE = {1: (), 2: (1,), 3: (1, 2), 4: (1, 2), 5: (1, 2)}  # the stages a stage starts from
+
+
+def stage_settings(s: DynamicsSetup, stage: int) -> dict:
+    """The fields a stage's outputs depend on, with those of the stages it starts from."""
+    values = s.model_dump(mode="json")
+    return {name: values[name] for k in (*BEFORE[stage], stage) for name in STAGE_FIELDS[k]}
+
+
 def run_trial(spec: dict, folder: Path, sink) -> tuple[Trial, dict]:
-    """Train a stage's trial into its folder; its final weights in checkpoint.pt."""
+    """Train a stage's trial into its folder; its final weights (and buffers) in checkpoint.pt."""
     trial = Trial(spec, sink=sink)
     summary = trial.run()
     torch.save(trial.arms[0].model.state_dict(), folder / "checkpoint.pt")
@@ -134,21 +203,29 @@ def run_trial(spec: dict, folder: Path, sink) -> tuple[Trial, dict]:
 class HessianTrajectory(Hook):
     """Before each update: the parameters and the top eigenvalues of that minibatch's loss."""
 
-    def __init__(self, top: int):
-        self.top, self.params, self.eigenvalues, self.products = top, [], [], 0
+    def __init__(self, top: int, method: str):
+        self.top, self.method, self.params, self.eigenvalues, self.products = top, method, [], [], 0
+        self.notes = []
 
     def before_step(self, trial, arm, step):
         model = arm.model
-        self.params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy())
+        self.params.append(flat_params(model))
         op = HessianOperator(model, lambda m, x, y: trial.task.loss(m(x), y, opts=trial.options), [arm.batch])
-        for note in op.notes:
-            trial.note(note)
-        if op.size <= 1000:
+        self.notes = op.notes
+        if self.method == "exact":
             values = np.linalg.eigvalsh(exact_hessian(op).double().cpu().numpy())[::-1][: self.top]
         else:
-            values, _, _ = top_eigenpairs(op, self.top, tol=1e-8)
+            values, _, _ = top_eigenpairs(op, min(self.top, op.size), tol=1e-8, seed=step)
         self.eigenvalues.append(values)
         self.products += op.products
+
+
+def flat_params(model) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy()
+
+
+def has_batchnorm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class StageOptions(Strict):
@@ -170,9 +247,9 @@ class DynamicsStage:
         start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
         init = start / "checkpoint.pt" if start is not None else None
         folder = context.folder
-        atomic_write_json(folder / "stage.json", {"stage": stage, "name": STAGES[stage], "lr": lr})
         if stage == 1:
-            _, summary = run_trial(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs), folder, context.sink)
+            _, summary = run_trial(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs,
+                                              sampler=s.stage1_sampler), folder, context.sink)
         elif stage == 2:
             _, summary = run_trial(trial_spec(s, "gd", s.gd_lr, steps=s.gd_steps, init_from=init), folder, context.sink)
         elif stage == 3:
@@ -185,6 +262,9 @@ class DynamicsStage:
             _, summary = run_trial(trial_spec(s, "gd", scaled, steps=s.gd_run_steps, init_from=init), folder,
                                    context.sink)
             summary = {**summary, "gd_lr": scaled, "scaling": s.gd_scaling}
+        # written last: a stage is compared with a rerun's settings only once it has finished
+        atomic_write_json(folder / "stage.json", {"stage": stage, "name": STAGES[stage], "lr": lr,
+                                                  "settings": stage_settings(s, stage)})
         if not context.quiet:
             log.info(f"dynamics stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''}) done")
         return {"stage": stage, "name": STAGES[stage], "lr": lr, **summary}
@@ -192,25 +272,31 @@ class DynamicsStage:
 
 def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink) -> dict:
     trial = Trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=init), sink=sink)
-    hook = HessianTrajectory(s.hessian_top)
+    hook = HessianTrajectory(s.hessian_top, s.hessian_method)
     trial.hooks.append(hook)
     summary = trial.run()
-    final = torch.cat([p.detach().reshape(-1) for p in trial.arms[0].model.parameters()]).double().cpu().numpy()
-    np.savez(folder / "trajectory.npz", params=np.stack([*hook.params, final]), eigenvalues=np.stack(hook.eigenvalues),
-             lr=lr)
-    method = "exact" if hook.params[0].size <= 1000 else "lanczos"
-    atomic_write_json(folder / "trajectory.json", {"lr": lr, "method": method, "notes": trial.notes,
-                                                   "hessian_vector_products": hook.products})
+    model = trial.arms[0].model
+    np.savez(folder / "trajectory.npz", params=np.stack([*hook.params, flat_params(model)]),
+             eigenvalues=np.stack(hook.eigenvalues), lr=lr)
+    batchnorm = "eval (running statistics)" if has_batchnorm(model) else "none"
+    atomic_write_json(folder / "trajectory.json", {
+        "lr": lr, "method": s.hessian_method, "top": s.hessian_top, "batchnorm": batchnorm,
+        "notes": [*hook.notes, *trial.notes], "hessian_vector_products": hook.products})
     return {**summary, "top_eigenvalue_first": float(hook.eigenvalues[0][0]),
-            "top_eigenvalue_last": float(hook.eigenvalues[-1][0]), "method": method}
+            "top_eigenvalue_last": float(hook.eigenvalues[-1][0]), "method": s.hessian_method,
+            "batchnorm": batchnorm}
 
 
 def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path) -> dict:
     spec = trial_spec(s, "sgd", lr, steps=s.run_steps, init_from=init)
-    result = run_ensemble(spec, s.runs, record_steps=[s.run_steps], out_dir=folder)
+    steps = sorted({*s.trajectory_steps, s.run_steps})
+    result = run_ensemble(spec, s.runs, record_steps=steps, out_dir=folder)
     np.save(folder / "losses.npy", result.losses)
+    if result.buffers:  # BatchNorm running statistics of every run after its last step
+        np.savez(folder / "buffers.npz", **result.buffers)
     atomic_write_json(folder / "runs.json", {
-        "lr": lr, "seeds": result.seeds, "method": result.method, "sampler": s.sampler,
+        "lr": lr, "seeds": result.seeds, "method": result.method, "sampler": s.sampler, "record_steps": steps,
+        "buffers": sorted(result.buffers),
         "first": {k: v.tolist() for k, v in result.eval_first.items()},
         "last": {k: v.tolist() for k, v in result.eval_last.items()}})
     return {"runs": s.runs, "method": result.method, "last_val_loss_std": float(np.std(result.eval_last["loss"], ddof=1))}
@@ -219,150 +305,77 @@ def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path) -> dic
 register_job("dynamics", DynamicsStage, Options=StageOptions, doc="one stage of the SGD vs GD dynamics study")
 
 
-def study_spec(s: DynamicsSetup, output_root: str, stages: list[int]) -> dict:
-    """Stages 1 and 2, then stages 3-5 per learning rate (each after stage 2), as trials."""
+def study_points(s: DynamicsSetup, stages: list[int]) -> list[tuple[int, float | None]]:
+    """(stage, lr) of every trial: stages 1 and 2, then stages 3-5 per learning rate."""
     wanted = set(stages) | ({1, 2} if set(stages) & {3, 4, 5, 6} else set()) | ({1} if 2 in stages else set())
     wanted |= {4} if 6 in stages else set()
-    points = []
+    points = [(stage, None) for stage in (1, 2) if stage in wanted]
+    return points + [(stage, lr) for stage in (3, 4, 5) if stage in wanted for lr in s.lrs]
 
-    def add(stage, lr=None, after=()):
-        points.append({"job.stage": stage, "job.lr": lr, "job.after": list(after)})
-        return len(points) - 1
 
-    first = add(1) if 1 in wanted else None
-    second = add(2, after=[first]) if 2 in wanted else None
-    for stage in (3, 4, 5):
-        if stage in wanted:
-            for lr in s.lrs:
-                add(stage, lr, [second])
-    return {"name": f"dynamics-setup{s.setup}", "seed": s.seed,
+def study_spec(s: DynamicsSetup, output_root: str, stages: list[int]) -> dict:
+    points = study_points(s, stages)
+    second = points.index((2, None)) if (2, None) in points else None
+    rows = [{"job.stage": stage, "job.lr": lr,
+             "job.after": [] if stage == 1 else [points.index((1, None))] if stage == 2 else [second]}
+            for stage, lr in points]
+    return {"name": study_name(s), "seed": s.seed,
             "job": {"kind": "dynamics", "setup": s.model_dump(mode="json"), "stage": 1},
-            "sweep": {"points": points},
+            "sweep": {"points": rows},
             "output": {"root": output_root, "report": "dynamics", "trial_dir": "stages/{index:02d}"}}
-
-
-# ---------------------------------------------------------------- stage 6: the report
-
-
-def stage_trials(store: StudyStore) -> dict:
-    """(stage, lr) -> the folder of that finished stage's trial."""
-    found = {}
-    for trial in store.meta.get("trials", []):
-        folder = store.trial_dir(trial["index"])
-        if (folder / "summary.json").exists():
-            found[(trial["overrides"]["job.stage"], trial["overrides"]["job.lr"])] = folder
-    return found
-
-
-def build_dynamics_report(study_dir) -> Path:
-    """Stage 6: the validation-loss distribution of the many-run stage, per learning rate."""
-    store = StudyStore.open(study_dir)
-    s = DynamicsSetup.model_validate(store.spec["job"]["setup"])
-    stages = stage_trials(store)
-    folder = store.root / "val_loss"
-    lines = [f"# SGD vs GD dynamics, setup {s.setup}", "",
-             f"- task `{s.task['name']}` ({s.dataset}), sampler {s.sampler}, {s.dtype}, batch {s.batch_size}, seed {s.seed}",
-             f"- stages finished: {', '.join(f'{STAGES[k]}' + (f' lr {lr:g}' if lr else '') for k, lr in sorted(stages, key=lambda t: (t[0], t[1] or 0)))}",
-             ""]
-    lrs = [lr for lr in s.lrs if (4, lr) in stages]
-    if not lrs:
-        lines += ["The many-run stage has not finished: no validation-loss distribution yet.", ""]
-        return atomic_write_text(store.root / "report.md", "\n".join(lines))
-    folder.mkdir(exist_ok=True)
-    rows, summary = [], {}
-    for lr in lrs:
-        runs_dir = stages[(4, lr)]
-        runs = json.loads((runs_dir / "runs.json").read_text())
-        for i, seed in enumerate(runs["seeds"]):
-            rows.append({"lr": lr, "sampler": s.sampler, "run": i, "seed": seed,
-                         "first_val_loss": runs["first"]["loss"][i], "last_val_loss": runs["last"]["loss"][i],
-                         "first_val_accuracy": runs["first"]["accuracy"][i], "last_val_accuracy": runs["last"]["accuracy"][i]})
-        last = np.array(runs["last"]["loss"])
-        weights = np.load(runs_dir / "weights.npy", mmap_mode="r")
-        mean_model = mean_weight_loss(s, stages[(2, None)] / "checkpoint.pt", lr, np.asarray(weights[:, -1]).mean(axis=0))
-        summary[f"lr={lr:g}"] = {"sampler": s.sampler, "runs": len(last), "mean": float(last.mean()),
-                                 "std": float(last.std(ddof=1)),
-                                 "quantiles": {str(q): float(np.quantile(last, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
-                                 "mean_weight_model_val_loss": mean_model,
-                                 "weight_spread": float(np.asarray(weights[:, -1]).std(axis=0).mean())}
-    frame = pd.DataFrame(rows)
-    frame.to_csv(folder / "val_loss.csv", index=False)
-    stds = {k: v["std"] for k, v in summary.items()}
-    ordered = [summary[f"lr={lr:g}"]["std"] for lr in sorted(lrs)]
-    summary["spread_grows_with_lr"] = bool(all(a < b for a, b in zip(ordered, ordered[1:])))
-    summary["std_by_lr"] = stds
-    atomic_write_json(folder / "summary.json", summary)
-    histograms(frame, summary, lrs, folder / "histograms.png")
-    lines += ["## Validation loss after the last step of each run", "",
-              "| lr | runs | mean | std | 5% | 95% | mean-weight model |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {lr:g} | {summary[f'lr={lr:g}']['runs']} | {summary[f'lr={lr:g}']['mean']:.6g} | "
-              f"{summary[f'lr={lr:g}']['std']:.4g} | {summary[f'lr={lr:g}']['quantiles']['0.05']:.6g} | "
-              f"{summary[f'lr={lr:g}']['quantiles']['0.95']:.6g} | {summary[f'lr={lr:g}']['mean_weight_model_val_loss']:.6g} |"
-              for lr in lrs]
-    lines += ["", f"Spread grows with the learning rate: {summary['spread_grows_with_lr']}.", "",
-              "![histograms](val_loss/histograms.png)", ""]
-    return atomic_write_text(store.root / "report.md", "\n".join(lines))
-
-
-def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
-        values = frame[frame["lr"] == lr]["last_val_loss"]
-        ax.hist(values, bins=30, color="tab:blue", alpha=0.8)
-        ax.axvline(summary[f"lr={lr:g}"]["mean_weight_model_val_loss"], color="crimson", ls="--",
-                   label="mean-weight model")
-        ax.set(title=f"lr {lr:g}: std {values.std():.3g}", xlabel="validation loss after the last step", ylabel="runs")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
-
-
-def mean_weight_loss(s: DynamicsSetup, checkpoint: Path, lr: float, flat: np.ndarray) -> float:
-    trial = Trial(trial_spec(s, "sgd", lr, steps=1, init_from=checkpoint))
-    model = trial.arms[0].model
-    torch.nn.utils.vector_to_parameters(torch.from_numpy(flat).to(next(model.parameters())), list(model.parameters()))
-    return trial.evaluate_model(model)["loss"]
-
-
-register_report("dynamics", build_dynamics_report, doc="stage 6 of the dynamics study: validation-loss spread")
 
 
 # ---------------------------------------------------------------- the command
 
 
 def arguments(parser) -> None:
-    parser.add_argument("--setup", type=int, help="preset 1-8 (a new study)")
+    parser.add_argument("--experiment", choices=sorted(SETUPS), help="mnist (the default) or shakespeare")
+    parser.add_argument("--setup", type=int, help="the researchers' setup: mnist 1-4, 6-8; shakespeare 1-2 "
+                                                  "(docs/dynamics.md)")
     parser.add_argument("--stage", type=int, nargs="+", choices=range(1, 7), metavar="K",
                         help="stages to run (default all; the stages they start from are included)")
-    parser.add_argument("--results-dir", metavar="DIR", help="an existing dynamics study: run its unfinished stages, "
-                        "or with --force run --stage K again")
-    parser.add_argument("--force", action="store_true", help="with --results-dir: run --stage K and the stages "
-                        "after it again, replacing their outputs whole")
+    parser.add_argument("--results-dir", metavar="DIR", help="an existing dynamics study: run its unfinished stages; "
+                        "other settings (--setup, --set) must match what its stages ran with, unless --force")
+    parser.add_argument("--force", action="store_true", help="with --results-dir: replace whole the stages whose "
+                        "settings change, and --stage K (with the stages that start from them)")
     parser.add_argument("--output-root", default="runs", metavar="DIR")
     add_sets(parser, "change a setup field, e.g. --set stage1_epochs=1 --set runs=50")
     add_workers(parser)
     add_common(parser)
 
 
+def describe(s: DynamicsSetup) -> str:
+    """The resolved settings, one per line, as the docs' table lists them."""
+    lines = [f"dynamics: experiment {s.experiment}, setup {s.setup}"]
+    lines += [f"  {name}: {json.dumps(value)}" for name, value in s.model_dump(mode="json").items()
+              if name not in ("experiment", "setup")]
+    return "\n".join(lines)
+
+
 def run_command(args) -> int:
     executor = executor_of(args)
     if args.results_dir:
-        if args.setup is not None or args.sets:
-            raise UserError("--results-dir: the study keeps the settings it was made with; for other settings "
-                            "(--setup, --set) start a new study (without --results-dir)")
-        if args.force:
+        store = StudyStore.open(args.results_dir)
+        if store.spec.get("job", {}).get("kind") != "dynamics":
+            raise UserError(f"--results-dir: {args.results_dir!r} is not a dynamics study")
+        if args.setup is not None or args.sets or args.experiment:
+            rerun_with(store, args)
+        elif args.force:
             if not args.stage:
-                raise UserError("--force: name the stages to run again with --stage K")
-            redo(StudyStore.open(args.results_dir), args.stage)
+                raise UserError("--force: name the stages to run again with --stage K, or give other settings "
+                                "with --set")
+            with store.lock():
+                redo(store, args.stage)
         print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
         return 0
     if args.setup is None:
-        raise UserError("--setup: give a setup (1-8) for a new study, or --results-dir DIR for an existing one")
+        raise UserError("--setup: give a setup (mnist 1-4, 6-8; shakespeare 1-2) for a new study, or --results-dir "
+                        "DIR for an existing one")
     if args.force:
         raise UserError("--force: only with --results-dir (a new study runs every stage it names anyway)")
-    setup = setup_of(args.setup, args.sets)
+    setup = setup_of(args.experiment or "mnist", args.setup, args.sets)
+    if not args.quiet:
+        print(describe(setup), file=sys.stderr)
     print(run_study(study_spec(setup, args.output_root, args.stage or [1, 2, 3, 4, 5, 6]), quiet=args.quiet,
                     executor=executor))
     return 0
@@ -378,6 +391,88 @@ def redo(store: StudyStore, stages: list[int]) -> None:
     for trial in store.meta.get("trials", []):
         if trial["overrides"]["job.stage"] in again:
             shutil.rmtree(store.trial_dir(trial["index"]), ignore_errors=True)
+
+
+def stored_stages(store: StudyStore) -> dict:
+    """(stage, lr) -> (folder, settings) of every finished stage."""
+    found = {}
+    for trial in store.meta.get("trials", []):
+        folder = store.trial_dir(trial["index"])
+        try:
+            record = json.loads((folder / "stage.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if store.finished_index(trial["index"]) and isinstance(record, dict):
+            found[(trial["overrides"]["job.stage"], trial["overrides"]["job.lr"])] = (folder, record.get("settings"))
+    return found
+
+
+def rerun_with(store: StudyStore, args) -> None:
+    """Run an existing study with the settings asked now. Finished stages whose settings differ
+    are refused without --force; with it they (and the stages after them) are replaced whole,
+    stages of learning rates no longer asked for are removed, and matching stages are kept."""
+    stored = DynamicsSetup.model_validate(store.spec["job"]["setup"])
+    if args.setup is not None or args.experiment:
+        base = None
+        experiment, number = args.experiment or stored.experiment, args.setup if args.setup is not None else stored.setup
+    else:
+        base, experiment, number = stored.model_dump(mode="json"), stored.experiment, stored.setup
+    wanted = setup_of(experiment, number, args.sets, base)
+    again = set(args.stage or []) if args.force else set()
+    stages = sorted({stage for stage, _ in study_points(stored, [1, 2, 3, 4, 5, 6])} | set(args.stage or []))
+    points = study_points(wanted, stages)
+    with store.lock():
+        found = stored_stages(store)
+        changed = [(key, folder, settings) for key, (folder, settings) in found.items()
+                   if settings != stage_settings(wanted, key[0]) or key not in points]
+        if (wanted.lrs != stored.lrs or changed) and not args.force:
+            raise UserError(f"--results-dir: {conflict(stored, wanted, changed)}; use a new --output-root for these "
+                            "settings, or --force to replace those stages")
+        if wanted.model_dump() == stored.model_dump() and not changed:
+            redo(store, sorted(again))
+            return
+        keep = {key: folder for key, (folder, settings) in found.items()
+                if (key, folder, settings) not in changed and not again & {key[0], *BEFORE[key[0]]}}
+        respec(store, study_spec(wanted, store.spec["output"]["root"], stages), keep)
+
+
+def conflict(stored: DynamicsSetup, wanted: DynamicsSetup, changed: list) -> str:
+    """One line: the first setting that differs, and the stage that ran with it."""
+    old, new = stored.model_dump(mode="json"), wanted.model_dump(mode="json")
+    for (stage, lr), _, settings in sorted(changed, key=lambda item: (item[0][0], item[0][1] or 0)):
+        for name, value in (settings or {}).items():
+            if new.get(name) != value:
+                where = f"stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''})"
+                return f"{where} ran with {name}={json.dumps(value)}, asked {name}={json.dumps(new.get(name))}"
+        if lr is not None and lr not in wanted.lrs:
+            return f"stage {stage} ({STAGES[stage]}) ran with lr {lr:g}, which lrs={json.dumps(new['lrs'])} drops"
+    return f"the study ran with lrs={json.dumps(old['lrs'])}, asked lrs={json.dumps(new['lrs'])}"
+
+
+def respec(store: StudyStore, spec: dict, keep: dict) -> None:
+    """Rewrite the study for `spec`: stages in `keep` move to their new trial folders (their
+    summaries re-keyed to the new plans), every other stage folder is removed whole."""
+    spec = load_spec(spec)
+    plans = expand(spec)
+    staging = store.root / ".respec"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for key, folder in keep.items():
+        os.replace(folder, staging / f"{key[0]}-{key[1]}")
+    for _, folder in store.trial_dirs():
+        shutil.rmtree(folder, ignore_errors=True)
+    store.meta = {**store.meta, "spec": spec, "trials": [plan.describe() for plan in plans]}
+    atomic_write_json(store.root / "study.json", store.meta)
+    for plan in plans:
+        kept = staging / f"{plan.overrides['job.stage']}-{plan.overrides['job.lr']}"
+        if kept.exists():
+            target = store.trial_dir(plan.index)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(kept, target)
+            summary = json.loads((target / "summary.json").read_text())
+            atomic_write_json(target / "config.json", {**plan.describe(), "spec": plan.spec})
+            atomic_write_json(target / "summary.json", {**summary, "index": plan.index, "key": plan.key})
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments,

@@ -2,8 +2,9 @@
 and figures written like every other file of a study: whole or not at all."""
 
 import os
-import tempfile
 from pathlib import Path
+
+from ..io import temporary_beside
 
 
 def pyplot():
@@ -20,7 +21,7 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
     mid-write leaves the old figure (or none), never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, dpi=dpi, format="png")

@@ -19,8 +19,10 @@ class MnistOptions(Strict):
     n_test: int = Field(6400, gt=0)
     normalize: bool = True
     classes: list[int] | None = Field(None, description="keep only these digits, e.g. [3, 5, 8] (labels unchanged)")
+    test_classes: list[int] | None = Field(None, description="digits of the held-out split (default: `classes`); "
+                                                             "e.g. train on [3, 5, 8], validate on all ten")
 
-    @field_validator("classes")
+    @field_validator("classes", "test_classes")
     @classmethod
     def _digits(cls, value):
         if value is not None and (not value or any(not 0 <= c <= 9 for c in value) or len(set(value)) != len(value)):
@@ -31,7 +33,8 @@ class MnistOptions(Strict):
 class MnistTask(Task):
     def load(self, opts, seed: int = 0) -> TaskData:
         classes = tuple(opts.classes) if opts.classes else None
-        mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize, classes)
+        test_classes = tuple(opts.test_classes) if opts.test_classes else classes
+        mnist = load_mnist(opts.source, opts.n_train, opts.n_test, opts.normalize, classes, test_classes)
         notes = [f"data: {mnist.source}, not the full MNIST IDX files"] if opts.source == "offline" else []
         return TaskData(mnist.train.images, mnist.train.labels, mnist.test.images, mnist.test.labels,
                         source=mnist.source, notes=notes)
