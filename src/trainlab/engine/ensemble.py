@@ -73,6 +73,9 @@ def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_s
         weights = (np.lib.format.open_memmap(Path(out_dir) / "weights.npy", mode="w+", dtype=np.float64, shape=shape)
                    if out_dir is not None else np.zeros(shape))
     runner = batched_runs if method == "vmap" else looped_runs
+    if progress is not None:  # batched runs advance all runs a step at a time; the loop, a run at a time
+        progress.total = trial.total_steps if method == "vmap" else len(seeds)
+        progress.unit = "step" if method == "vmap" else "run"
     result = runner(trial, arm, seeds, record_steps, weights, progress, evaluate)
     result.record_steps, result.method = record_steps, method
     if isinstance(weights, np.memmap):

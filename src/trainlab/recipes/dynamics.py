@@ -189,9 +189,11 @@ def stage_settings(s: DynamicsSetup, stage: int) -> dict:
     return {name: values[name] for k in (*BEFORE[stage], stage) for name in STAGE_FIELDS[k]}
 
 
-def run_trial(spec: dict, folder: Path, sink) -> tuple[Trial, dict]:
+def run_trial(spec: dict, folder: Path, sink, progress=None, hooks=()) -> tuple[Trial, dict]:
     """Train a stage's trial into its folder; its final weights (and buffers) in checkpoint.pt."""
-    trial = Trial(spec, sink=sink)
+    trial = Trial(spec, sink=sink, progress=progress, hooks=list(hooks))
+    if progress is not None:
+        progress.total = trial.total_steps
     summary = trial.run()
     torch.save(trial.arms[0].model.state_dict(), folder / "checkpoint.pt")
     return trial, summary
@@ -247,20 +249,22 @@ class DynamicsStage:
         start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
         init = start / "checkpoint.pt" if start is not None else None
         folder = context.folder
+        bar = context.progress
         if stage == 1:
             _, summary = run_trial(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs,
-                                              sampler=s.stage1_sampler), folder, context.sink)
+                                              sampler=s.stage1_sampler), folder, context.sink, bar)
         elif stage == 2:
-            _, summary = run_trial(trial_spec(s, "gd", s.gd_lr, steps=s.gd_steps, init_from=init), folder, context.sink)
+            _, summary = run_trial(trial_spec(s, "gd", s.gd_lr, steps=s.gd_steps, init_from=init), folder,
+                                   context.sink, bar)
         elif stage == 3:
-            summary = hessian_stage(s, lr, init, folder, context.sink)
+            summary = hessian_stage(s, lr, init, folder, context.sink, bar)
         elif stage == 4:
-            summary = ensemble_stage(s, lr, init, folder)
+            summary = ensemble_stage(s, lr, init, folder, bar)
         else:
             size = Trial.inspect(trial_spec(s, "gd", 0.1, steps=1)).n_train
             scaled = lr * size / s.batch_size if s.gd_scaling == "N/B" else lr
             _, summary = run_trial(trial_spec(s, "gd", scaled, steps=s.gd_run_steps, init_from=init), folder,
-                                   context.sink)
+                                   context.sink, bar)
             summary = {**summary, "gd_lr": scaled, "scaling": s.gd_scaling}
         # written last: a stage is compared with a rerun's settings only once it has finished
         atomic_write_json(folder / "stage.json", {"stage": stage, "name": STAGES[stage], "lr": lr,
@@ -270,11 +274,10 @@ class DynamicsStage:
         return {"stage": stage, "name": STAGES[stage], "lr": lr, **summary}
 
 
-def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink) -> dict:
-    trial = Trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=init), sink=sink)
+def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink, progress=None) -> dict:
     hook = HessianTrajectory(s.hessian_top, s.hessian_method)
-    trial.hooks.append(hook)
-    summary = trial.run()
+    trial, summary = run_trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=init), folder, sink,
+                               progress, hooks=[hook])
     model = trial.arms[0].model
     np.savez(folder / "trajectory.npz", params=np.stack([*hook.params, flat_params(model)]),
              eigenvalues=np.stack(hook.eigenvalues), lr=lr)
@@ -287,10 +290,10 @@ def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink) -
             "batchnorm": batchnorm}
 
 
-def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path) -> dict:
+def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, progress=None) -> dict:
     spec = trial_spec(s, "sgd", lr, steps=s.run_steps, init_from=init)
     steps = sorted({*s.trajectory_steps, s.run_steps})
-    result = run_ensemble(spec, s.runs, record_steps=steps, out_dir=folder)
+    result = run_ensemble(spec, s.runs, record_steps=steps, out_dir=folder, progress=progress)
     np.save(folder / "losses.npy", result.losses)
     if result.buffers:  # BatchNorm running statistics of every run after its last step
         np.savez(folder / "buffers.npz", **result.buffers)

@@ -34,13 +34,15 @@ class Extras:
 @dataclass
 class JobContext:
     """What a job sees: its trial's folder, the folders of the trials it runs after, a sink for
-    its records (the trial's metrics stream), and progress on/off."""
+    its records (the trial's metrics stream), progress on/off, and the trial's progress bar
+    (None when quiet): a job sets its total and updates it as it goes."""
 
     index: int
     folder: object  # Path of this trial's folder
     inputs: dict  # trial index -> Path of that trial's folder (the job's `after`)
     sink: object
     quiet: bool = True
+    progress: object = None
 
 
 class Tee:
@@ -72,7 +74,7 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
         logs = loggers.open_trial(loggers.loggers_of(store), store, plan) if extras.log else []
         sink = Tee(writer, [*extras.sinks, *logs], plan.index) if extras.sinks or logs else writer
         if plan.spec.get("job"):
-            summary = run_job(store, plan, sink, quiet)
+            summary = run_job(store, plan, sink, quiet, bar)
         else:
             trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar,
                           hooks=extras.hooks, study_root=store.inputs_root)
@@ -110,8 +112,8 @@ def job_of(spec: dict):
     return found.jobs.get(spec["job"]["kind"], "job.kind").target
 
 
-def run_job(store: StudyStore, plan: TrialPlan, sink, quiet: bool) -> dict:
+def run_job(store: StudyStore, plan: TrialPlan, sink, quiet: bool, bar=None) -> dict:
     folder = store.trial_dir(plan.index)
     folder.mkdir(parents=True, exist_ok=True)
     inputs = {i: store.input_dir(i) for i in plan.spec["job"]["after"]}
-    return job_of(plan.spec).run(plan.spec, JobContext(plan.index, folder, inputs, sink, quiet))
+    return job_of(plan.spec).run(plan.spec, JobContext(plan.index, folder, inputs, sink, quiet, bar))
