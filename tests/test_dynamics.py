@@ -193,11 +193,21 @@ CNN_QUICK = ["--set", "task.source=offline", "--set", "task.n_train=300", "--set
 
 
 def test_reruns_are_refused_or_replace_whole_stages(tmp_path, capsys):
-    assert main(["dynamics", "--setup", "3", "--output-root", str(tmp_path), *CNN_QUICK]) == 0
+    assert main(["dynamics", "--setup", "3", "--stage", "4", "5", "--output-root", str(tmp_path), *CNN_QUICK]) == 0
     study = next(tmp_path.glob("dynamics-setup3-*"))
     summary = json.loads((study / "val_loss" / "summary.json").read_text())
     assert "recomputed over the 300 training samples" in summary["mean_weight_model_batchnorm"]
     assert np.load(stage_folders(study)[4, 0.1] / "buffers.npz")["bn.running_mean"].shape == (4, 12)
+    earlier = {key: json.loads((folder / "summary.json").read_text()) for key, folder in stage_folders(study).items()}
+    assert sorted(earlier) == [(1, None), (2, None), (4, 0.1), (5, 0.1)]
+    # a stage the study does not have yet is added; the finished ones stay as they are
+    assert main(["dynamics", "--results-dir", str(study), "--stage", "3", "--quiet"]) == 0
+    assert sorted(stage_folders(study)) == [(1, None), (2, None), (3, 0.1), (4, 0.1), (5, 0.1)]
+    def content(summary: dict) -> dict:  # what a stage found, without its place in the study
+        return {k: v for k, v in summary.items() if k not in ("index", "key")}
+
+    for key, summary in earlier.items():
+        assert content(json.loads((stage_folders(study)[key] / "summary.json").read_text())) == content(summary), key
     capsys.readouterr()
     before = {key: (folder / "summary.json").read_bytes() for key, folder in stage_folders(study).items()}
     # the same settings: nothing to do; other settings: one line, nothing touched
@@ -217,7 +227,7 @@ def test_reruns_are_refused_or_replace_whole_stages(tmp_path, capsys):
     stages = stage_folders(study)
     assert not stale.exists() and np.load(stages[4, 0.1] / "weights.npy", mmap_mode="r").shape[0] == 6
     for key in [(1, None), (2, None), (3, 0.1), (5, 0.1)]:
-        assert json.loads((stages[key] / "summary.json").read_text())["arms"] == json.loads(before[key])["arms"]
+        assert content(json.loads((stages[key] / "summary.json").read_text())) == content(json.loads(before[key]))
     assert json.loads((study / "val_loss" / "summary.json").read_text())["lr=0.1"]["runs"] == 6
     # another learning rate list: the dropped lr's stages go, the new one's run, stage 1-2 stay
     assert main(["dynamics", "--results-dir", str(study), "--set", "runs=6", "--set", "lrs=[0.05]", "--force",

@@ -361,14 +361,9 @@ def run_command(args) -> int:
         store = StudyStore.open(args.results_dir)
         if store.spec.get("job", {}).get("kind") != "dynamics":
             raise UserError(f"--results-dir: {args.results_dir!r} is not a dynamics study")
-        if args.setup is not None or args.sets or args.experiment:
-            rerun_with(store, args)
-        elif args.force:
-            if not args.stage:
-                raise UserError("--force: name the stages to run again with --stage K, or give other settings "
-                                "with --set")
-            with store.lock():
-                redo(store, args.stage)
+        if args.force and not (args.stage or args.setup is not None or args.sets or args.experiment):
+            raise UserError("--force: name the stages to run again with --stage K, or give other settings with --set")
+        rerun_with(store, args)
         print(resume_study(args.results_dir, quiet=args.quiet, executor=executor))
         return 0
     if args.setup is None:
@@ -411,9 +406,10 @@ def stored_stages(store: StudyStore) -> dict:
 
 
 def rerun_with(store: StudyStore, args) -> None:
-    """Run an existing study with the settings asked now. Finished stages whose settings differ
-    are refused without --force; with it they (and the stages after them) are replaced whole,
-    stages of learning rates no longer asked for are removed, and matching stages are kept."""
+    """Prepare an existing study for the settings and stages asked now. Finished stages whose
+    settings differ are refused without --force; with it they (and the stages after them) are
+    replaced whole, stages of learning rates no longer asked for are removed, and matching
+    stages are kept. Stages the study does not have yet (--stage K) are added."""
     stored = DynamicsSetup.model_validate(store.spec["job"]["setup"])
     if args.setup is not None or args.experiment:
         base = None
@@ -422,7 +418,8 @@ def rerun_with(store: StudyStore, args) -> None:
         base, experiment, number = stored.model_dump(mode="json"), stored.experiment, stored.setup
     wanted = setup_of(experiment, number, args.sets, base)
     again = set(args.stage or []) if args.force else set()
-    stages = sorted({stage for stage, _ in study_points(stored, [1, 2, 3, 4, 5, 6])} | set(args.stage or []))
+    planned = [(t["overrides"]["job.stage"], t["overrides"]["job.lr"]) for t in store.meta.get("trials", [])]
+    stages = sorted({stage for stage, _ in planned} | set(args.stage or []))
     points = study_points(wanted, stages)
     with store.lock():
         found = stored_stages(store)
@@ -431,7 +428,7 @@ def rerun_with(store: StudyStore, args) -> None:
         if (wanted.lrs != stored.lrs or changed) and not args.force:
             raise UserError(f"--results-dir: {conflict(stored, wanted, changed)}; use a new --output-root for these "
                             "settings, or --force to replace those stages")
-        if wanted.model_dump() == stored.model_dump() and not changed:
+        if wanted.model_dump() == stored.model_dump() and not changed and planned == points:
             redo(store, sorted(again))
             return
         keep = {key: folder for key, (folder, settings) in found.items()
