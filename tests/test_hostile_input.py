@@ -133,7 +133,7 @@ COMMANDS = {
     "dp-profile": ["--modes", "--model", "--batch-size", "--seq-len", "--dtype", "--rounds"],
     "profile-batch-size": ["--batch-sizes", "--epochs", "--memory-budget", "--budget-fraction"],
     "monitor": ["--interval", "--port", "--metrics"],
-    "dynamics": ["--setup", "--stage", "--set"],
+    "dynamics": ["--setup", "--stage", "--set", "--experiment", "--results-dir"],
 }
 
 
