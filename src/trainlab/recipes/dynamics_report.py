@@ -177,13 +177,19 @@ def sgd_then_gd(s: DynamicsSetup, stages: dict, path: Path) -> bool:
     return close(plt, fig, path)
 
 
+def panel_per_lr(lrs: list[float]):
+    """pyplot, a figure with one panel per learning rate, and (panel, lr) pairs."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
+    return plt, fig, list(zip(axes[0], lrs))
+
+
 def eigenvalues(s: DynamicsSetup, stages: dict, path: Path) -> bool:
     lrs = [lr for lr in s.lrs if (3, lr) in stages]
     if not lrs:
         return False
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    plt, fig, panels = panel_per_lr(lrs)
+    for ax, lr in panels:
         with np.load(stages[3, lr] / "trajectory.npz") as data:
             values = data["eigenvalues"]
         for k in range(values.shape[1]):
@@ -219,9 +225,8 @@ def gd_vs_sgd(s: DynamicsSetup, stages: dict, path: Path) -> bool:
     lrs = [lr for lr in s.lrs if (4, lr) in stages and (5, lr) in stages]
     if not lrs:
         return False
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    plt, fig, panels = panel_per_lr(lrs)
+    for ax, lr in panels:
         losses = np.load(stages[4, lr] / "losses.npy")
         ax.plot(np.arange(1, losses.shape[1] + 1), np.nanmean(losses, axis=0), lw=0.8,
                 label=f"SGD: mean of {len(losses)} runs")
@@ -234,9 +239,8 @@ def gd_vs_sgd(s: DynamicsSetup, stages: dict, path: Path) -> bool:
 
 
 def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    plt, fig, panels = panel_per_lr(lrs)
+    for ax, lr in panels:
         values = frame[frame["lr"] == lr]["last_val_loss"]
         ax.hist(values, bins=30, color="tab:blue", alpha=0.8)
         ax.axvline(summary[f"lr={lr:g}"]["mean_weight_model_val_loss"], color="crimson", ls="--",
