@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from ..options import Strict
 from ..plugin import register_event
-from .hooks import Hook
+from .hooks import Hook, steps_every
 
 
 class CheckpointOptions(Strict):
@@ -35,7 +35,7 @@ class Checkpoint(Hook):
         self.optimizer = options["optimizer"]
 
     def on_start(self, trial) -> None:
-        every = trial.stream.steps_per_epoch if self.options["every"] == "epoch" else self.options["every"]
+        every = steps_every(trial, self.options["every"]) if self.options["every"] is not None else None
         self.steps = set(self.options["steps"])
         if every:
             self.steps |= set(range(0, trial.total_steps + 1, every))

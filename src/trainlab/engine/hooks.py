@@ -11,6 +11,12 @@ executes a step again, before_step/after_backward run again with `arm.attempt ==
 """
 
 
+def steps_every(trial, every) -> int:
+    """A cadence in steps: a number, or 'epoch' (the trial's steps per epoch). Probes and
+    checkpoints share it (trainlab.probes.probe_every is this function)."""
+    return trial.stream.steps_per_epoch if every == "epoch" else int(every)
+
+
 class Hook:
     def on_start(self, trial) -> None:
         """After models and optimizers are built, before the first step."""

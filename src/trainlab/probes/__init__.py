@@ -1,7 +1,7 @@
 """Probes: measurements with a cadence, recorded in the trial's metrics stream (plugins)."""
 
 from .blobs import BlobsOptions, BlobsProbe, blob_metrics, dbscan_labels, pair_indices, weight_pairs
-from .cadence import probe_every
+from ..engine.hooks import steps_every as probe_every
 from .norms import NormsProbe
 
 __all__ = ["BlobsOptions", "BlobsProbe", "NormsProbe", "blob_metrics", "dbscan_labels", "pair_indices", "probe_every",

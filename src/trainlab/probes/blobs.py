@@ -19,7 +19,7 @@ from ..engine.hooks import Hook
 from ..errors import SpecError
 from ..options import Strict
 from ..plugin import register_probe
-from .cadence import probe_every
+from ..engine.hooks import steps_every as probe_every
 
 
 class BlobsOptions(Strict):

@@ -6,7 +6,7 @@ from pydantic import Field
 from ..engine.hooks import Hook
 from ..options import Strict
 from ..plugin import register_probe
-from .cadence import probe_every
+from ..engine.hooks import steps_every as probe_every
 
 
 class NormsOptions(Strict):
