@@ -4,18 +4,22 @@ import torch
 from torch import nn
 
 
+ACTIVATIONS = {"silu": nn.functional.silu, "relu": nn.functional.relu}
+
+
 class SmallCNN(nn.Module):
-    def __init__(self, channels: int = 12, hidden: int = 11, classes: int = 10):
+    def __init__(self, channels: int = 12, hidden: int = 11, classes: int = 10, activation: str = "silu"):
         super().__init__()
         self.conv = nn.Conv2d(1, channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, classes)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.silu(self.bn(self.conv(images)))
+        x = self.act(self.bn(self.conv(images)))
         x = x.mean(dim=(2, 3))  # global average pool
-        return self.fc2(nn.functional.silu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class PlainCNN(nn.Module):

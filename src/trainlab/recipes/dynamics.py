@@ -102,7 +102,7 @@ class DynamicsSetup(Strict):
 
 # The researchers' MNIST: the first 6,400 training and test digits, scaled to [0, 1], not standardised.
 MLP = {"name": "mnist-mlp", "n_train": 6400, "n_test": 6400, "normalize": False}
-CNN = {"name": "mnist-cnn", "n_train": 6400, "n_test": 6400, "normalize": False}
+CNN = {"name": "mnist-cnn", "n_train": 6400, "n_test": 6400, "normalize": False, "activation": "relu"}
 EXP1 = {"experiment": "mnist", "train_data": "mnist", "val_data": "mnist", "task": MLP, "dtype": "float64",
         "seed": 42, "batch_size": 64, "stage1_lr": 0.1, "gd_lr": 0.1, "stage1_epochs": 10000, "gd_steps": 10000,
         "hessian_steps": 1000, "runs": 1000, "run_steps": 1111, "gd_run_steps": 1111, "lrs": [0.1, 0.01]}

@@ -63,12 +63,13 @@ class MnistMLP(MnistTask):
 class MnistCNNOptions(MnistOptions):
     channels: int = Field(12, gt=0)
     hidden: int = Field(11, gt=0)
+    activation: Literal["silu", "relu"] = "silu"
 
 
 @register_task
 class MnistCNN(MnistTask):
     name, Options = "mnist-cnn", MnistCNNOptions
-    doc = "conv 3x3 + BatchNorm + SiLU, global pool, two linears on MNIST (395 parameters)"
+    doc = "conv 3x3 + BatchNorm + SiLU (or ReLU), global pool, two linears on MNIST (395 parameters)"
 
     def make_model(self, opts, data):
-        return SmallCNN(opts.channels, opts.hidden)
+        return SmallCNN(opts.channels, opts.hidden, activation=opts.activation)
