@@ -169,6 +169,8 @@ def test_every_setup_resolves_to_the_table_in_the_docs(capsys, monkeypatch, tmp_
     similar = task_of(setup_of("mnist", 4, []))  # trained on similar digits, validated on all ten
     assert similar["classes"] == [3, 5, 8] and similar["test_classes"] == list(range(10))
     assert "classes" not in {k for k, v in task_of(setup_of("mnist", 1, [])).items() if v}
+    validated_on_similar = task_of(setup_of("mnist", 1, ["val_data=mnist_similar"]))
+    assert validated_on_similar["classes"] is None and validated_on_similar["test_classes"] == [3, 5, 8]
     # the command prints what it resolved before it runs
     monkeypatch.setattr(dynamics, "run_study", lambda *a, **k: tmp_path)
     assert main(["dynamics", "--setup", "4", "--output-root", str(tmp_path)]) == 0
@@ -214,11 +216,12 @@ def test_reruns_are_refused_or_replace_whole_stages(tmp_path, capsys):
     assert main(["dynamics", "--results-dir", str(study), *CNN_QUICK]) == 0
     for change, said in ((["--set", "runs=6"], "stage 4 (many-sgd, lr 0.1) ran with runs=4, asked runs=6"),
                          (["--set", "stage1_lr=0.2"], "stage 1 (sgd) ran with stage1_lr=0.1, asked stage1_lr=0.2"),
-                         (["--set", "lrs=[0.1,0.01]"], "the study ran with lrs=[0.1], asked lrs=[0.1, 0.01]"),
+                         (["--set", "lrs=[0.05]"], "stage 3 (hessian, lr 0.1) ran with lr 0.1, which lrs=[0.05] drops"),
                          (["--setup", "4"], "stage 1 (sgd) ran with train_data=\"mnist\", asked")):
         assert main(["dynamics", "--results-dir", str(study), *change, "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert said in err and "use a new --output-root for these settings, or --force" in err and err.count("\n") == 1
+        assert said in err and "start a new study (without --results-dir), or add --force" in err
+        assert err.count("\n") == 1
     assert {key: (folder / "summary.json").read_bytes() for key, folder in stage_folders(study).items()} == before
     # --force: the changed stage is replaced whole, the others kept as they were
     stale = stage_folders(study)[4, 0.1] / "left-over.txt"
@@ -237,6 +240,67 @@ def test_reruns_are_refused_or_replace_whole_stages(tmp_path, capsys):
     assert sorted(p.name for p in (study / "stages").iterdir()) == [f"{i:02d}" for i in range(5)]
     assert "| 0.05 | 6 |" in (study / "report.md").read_text() and "| 0.1 |" not in (study / "report.md").read_text()
     assert main(["resume", str(study), "--quiet"]) == 0  # the rewritten study is whole
+    # new settings that cannot run are refused before anything finished is removed
+    assert main(["dynamics", "--results-dir", str(study), "--set", "task.n_train=999999", "--force", "--quiet"]) == 2
+    assert "task.n_train: 999999 requested" in capsys.readouterr().err
+    assert sorted(stage_folders(study)) == [(1, None), (2, None), (3, 0.05), (4, 0.05), (5, 0.05)]
+
+
+def test_a_killed_rewrite_is_finished_by_the_next_call_and_nothing_trains_over_it(study_copy, monkeypatch, capsys):
+    import trainlab.recipes.dynamics as dynamics
+
+    stage4 = (stage_folders(study_copy)[4, 0.05] / "runs.json").read_bytes()
+    real = dynamics.finish_respec
+    calls = []
+
+    def killed(store):  # the kill comes after the first kept stage moved into .respec/
+        calls.append(store)
+        if len(calls) == 2:
+            journal = json.loads((store.root / dynamics.JOURNAL).read_text())
+            old, index = journal["moves"][0]
+            (store.root / ".respec").mkdir()
+            os.replace(store.root / old, store.root / ".respec" / str(index))
+            raise KeyboardInterrupt
+        real(store)
+
+    monkeypatch.setattr(dynamics, "finish_respec", killed)
+    assert main(["dynamics", "--results-dir", str(study_copy), "--set", "gd_run_steps=12", "--force", "--quiet"]) != 0
+    monkeypatch.setattr(dynamics, "finish_respec", real)
+    capsys.readouterr()
+    assert main(["resume", str(study_copy), "--quiet"]) != 0  # the stages refuse to train over kept ones
+    assert "an interrupted --force rewrite" in capsys.readouterr().err
+    assert main(["dynamics", "--results-dir", str(study_copy), "--quiet"]) == 0
+    stages = stage_folders(study_copy)
+    assert not (study_copy / dynamics.JOURNAL).exists() and not (study_copy / ".respec").exists()
+    assert (stages[4, 0.05] / "runs.json").read_bytes() == stage4  # kept whole through the kill
+    assert json.loads((stages[5, 0.05] / "stage.json").read_text())["settings"]["gd_run_steps"] == 12
+
+
+def test_the_report_never_shows_outputs_of_replaced_stages(study_copy):
+    from trainlab.recipes.dynamics_report import build_dynamics_report
+
+    stages = stage_folders(study_copy)
+    for lr in (0.001, 0.05):  # stage 4 replaced and not finished again
+        (stages[4, lr] / "summary.json").unlink()
+    build_dynamics_report(study_copy)
+    left = sorted(p.name for p in (study_copy / "val_loss").iterdir())
+    assert left == ["curves.png", "eigenvalues.png"]
+    assert "has not finished: no validation-loss distribution yet" in (study_copy / "report.md").read_text()
+
+
+def test_studies_of_other_kinds_or_versions_are_one_line(study_copy, tmp_path, capsys):
+    meta = json.loads((study_copy / "study.json").read_text())
+    setup = meta["spec"]["job"]["setup"]
+    setup["dataset"] = setup.pop("train_data")  # as an older trainlab wrote it
+    (study_copy / "study.json").write_text(json.dumps(meta))
+    assert main(["dynamics", "--results-dir", str(study_copy), "--quiet"]) == 2
+    assert "made by an older trainlab" in capsys.readouterr().err
+    assert main(["report", str(study_copy)]) == 2
+    assert "made by an older trainlab" in capsys.readouterr().err
+    meta["spec"]["job"] = None  # an ordinary study
+    (study_copy / "study.json").write_text(json.dumps(meta))
+    assert main(["dynamics", "--results-dir", str(study_copy), "--quiet"]) == 2
+    assert "is not a dynamics study" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--stage", "6"], ["--stage", "6", "--force"], ["--stage", "2", "5", "--force"],

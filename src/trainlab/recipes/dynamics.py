@@ -45,6 +45,7 @@ from ..options import Strict
 from ..plugin import register_command, register_job
 from ..spec import load_spec, parse_set, set_path
 from ..study import expand, resume_study, run_study
+from ..study.runner import preflight
 from ..study.store import StudyStore
 from .flags import Command, add_common, add_sets, add_workers, executor_of
 
@@ -95,6 +96,8 @@ class DynamicsSetup(Strict):
         if language != (self.train_data == "shakespeare") and self.task.get("name") in ("mnist-mlp", "mnist-cnn",
                                                                                           "shakespeare-gpt"):
             raise ValueError(f"task.name: {self.task.get('name')} does not train on {self.train_data}")
+        if len(set(self.lrs)) != len(self.lrs):
+            raise ValueError("lrs: each learning rate once")
         if any(not 1 <= step <= self.run_steps for step in self.trajectory_steps):
             raise ValueError(f"trajectory_steps: every step must lie in 1..run_steps ({self.run_steps})")
         return self
@@ -157,7 +160,9 @@ def task_of(s: DynamicsSetup) -> dict:
     train = SIMILAR_DIGITS if s.train_data == "mnist_similar" else None
     held_out = SIMILAR_DIGITS if s.val_data == "mnist_similar" else list(range(10))
     task = {**s.task, "classes": s.task.get("classes") or train}
-    return {**task, "test_classes": s.task.get("test_classes") or (held_out if task["classes"] else None)}
+    # all ten digits is the default anyway unless training keeps fewer
+    default = None if not task["classes"] and s.val_data == "mnist" else held_out
+    return {**task, "test_classes": s.task.get("test_classes") or default}
 
 
 def study_name(s: DynamicsSetup) -> str:
@@ -240,12 +245,16 @@ class DynamicsStage:
     @staticmethod
     def check(spec: dict) -> None:
         setup = DynamicsSetup.model_validate(spec["job"]["setup"])
-        trial_spec(setup, "sgd", setup.stage1_lr, steps=1)  # the task and plan resolve
+        Trial.inspect(trial_spec(setup, "sgd", setup.stage1_lr, steps=1))  # data, device and model, not trained
 
     @staticmethod
     def run(spec: dict, context) -> dict:
         job = spec["job"]
         s, stage, lr = DynamicsSetup.model_validate(job["setup"]), job["stage"], job["lr"]
+        study = Path(context.folder).parent.parent
+        if (study / JOURNAL).exists():  # its finished stages wait in .respec/: never train over them
+            raise UserError(f"an interrupted --force rewrite of {str(study)!r} is pending; finish it with "
+                            f"trainlab dynamics --results-dir {str(study)!r}")
         start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
         init = start / "checkpoint.pt" if start is not None else None
         folder = context.folder
@@ -359,7 +368,7 @@ def run_command(args) -> int:
     executor = executor_of(args)
     if args.results_dir:
         store = StudyStore.open(args.results_dir)
-        if store.spec.get("job", {}).get("kind") != "dynamics":
+        if (store.spec.get("job") or {}).get("kind") != "dynamics":
             raise UserError(f"--results-dir: {args.results_dir!r} is not a dynamics study")
         if args.force and not (args.stage or args.setup is not None or args.sets or args.experiment):
             raise UserError("--force: name the stages to run again with --stage K, or give other settings with --set")
@@ -410,7 +419,9 @@ def rerun_with(store: StudyStore, args) -> None:
     settings differ are refused without --force; with it they (and the stages after them) are
     replaced whole, stages of learning rates no longer asked for are removed, and matching
     stages are kept. Stages the study does not have yet (--stage K) are added."""
-    stored = DynamicsSetup.model_validate(store.spec["job"]["setup"])
+    with store.lock():
+        finish_respec(store)  # one that a kill interrupted
+    stored = stored_setup(store)
     if args.setup is not None or args.experiment:
         base = None
         experiment, number = args.experiment or stored.experiment, args.setup if args.setup is not None else stored.setup
@@ -425,54 +436,87 @@ def rerun_with(store: StudyStore, args) -> None:
         found = stored_stages(store)
         changed = [(key, folder, settings) for key, (folder, settings) in found.items()
                    if settings != stage_settings(wanted, key[0]) or key not in points]
-        if (wanted.lrs != stored.lrs or changed) and not args.force:
-            raise UserError(f"--results-dir: {conflict(stored, wanted, changed)}; use a new --output-root for these "
-                            "settings, or --force to replace those stages")
+        if changed and not args.force:
+            raise UserError(f"--results-dir: {conflict(wanted, changed)}; for these settings start a new study "
+                            "(without --results-dir), or add --force to replace those stages")
         if wanted.model_dump() == stored.model_dump() and not changed and planned == points:
             redo(store, sorted(again))
             return
+        spec = load_spec(study_spec(wanted, store.spec["output"]["root"], stages))
+        preflight(expand(spec))  # the new settings work before anything finished is removed
         keep = {key: folder for key, (folder, settings) in found.items()
                 if (key, folder, settings) not in changed and not again & {key[0], *BEFORE[key[0]]}}
-        respec(store, study_spec(wanted, store.spec["output"]["root"], stages), keep)
+        respec(store, spec, keep)
 
 
-def conflict(stored: DynamicsSetup, wanted: DynamicsSetup, changed: list) -> str:
-    """One line: the first setting that differs, and the stage that ran with it."""
-    old, new = stored.model_dump(mode="json"), wanted.model_dump(mode="json")
-    for (stage, lr), _, settings in sorted(changed, key=lambda item: (item[0][0], item[0][1] or 0)):
-        for name, value in (settings or {}).items():
-            if new.get(name) != value:
-                where = f"stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''})"
-                return f"{where} ran with {name}={json.dumps(value)}, asked {name}={json.dumps(new.get(name))}"
-        if lr is not None and lr not in wanted.lrs:
-            return f"stage {stage} ({STAGES[stage]}) ran with lr {lr:g}, which lrs={json.dumps(new['lrs'])} drops"
-    return f"the study ran with lrs={json.dumps(old['lrs'])}, asked lrs={json.dumps(new['lrs'])}"
+def stored_setup(store: StudyStore) -> DynamicsSetup:
+    try:
+        return DynamicsSetup.model_validate(store.spec["job"]["setup"])
+    except ValidationError:
+        raise UserError(f"{str(store.root)!r} was made by an older trainlab whose dynamics settings this one cannot "
+                        "read; start a new study") from None
+
+
+def conflict(wanted: DynamicsSetup, changed: list) -> str:
+    """One line: the first finished stage that differs, and how."""
+    new = wanted.model_dump(mode="json")
+    (stage, lr), _, settings = min(changed, key=lambda item: (item[0][0], item[0][1] or 0))
+    where = f"stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''})"
+    if settings is None:
+        return f"{where} ran before stages recorded their settings"
+    for name, value in settings.items():
+        if new.get(name) != value:
+            return f"{where} ran with {name}={json.dumps(value)}, asked {name}={json.dumps(new.get(name))}"
+    return f"{where} ran with lr {lr:g}, which lrs={json.dumps(new['lrs'])} drops"
+
+
+JOURNAL = ".respec.json"  # a pending rewrite of the study: its new meta and the stages it keeps
 
 
 def respec(store: StudyStore, spec: dict, keep: dict) -> None:
     """Rewrite the study for `spec`: stages in `keep` move to their new trial folders (their
-    summaries re-keyed to the new plans), every other stage folder is removed whole."""
-    spec = load_spec(spec)
-    plans = expand(spec)
+    summaries re-keyed to the new plans), every other stage folder is removed whole. The plan
+    is journaled first, so a kill anywhere leaves it to be finished, never half-done."""
+    plans = {(p.overrides["job.stage"], p.overrides["job.lr"]): p for p in expand(spec)}
+    meta = {**store.meta, "spec": spec, "trials": [p.describe() for p in plans.values()]}
+    moves = [[str(folder.relative_to(store.root)), plans[key].index] for key, folder in keep.items()]
+    atomic_write_json(store.root / JOURNAL, {"phase": "staging", "meta": meta, "moves": moves})
+    finish_respec(store)
+
+
+def finish_respec(store: StudyStore) -> None:
+    """Carry out a journaled rewrite (again after a kill: every step can be repeated)."""
+    journal_path = store.root / JOURNAL
+    if not journal_path.exists():
+        return
+    journal = json.loads(journal_path.read_text())
     staging = store.root / ".respec"
+    target = StudyStore(store.root, journal["meta"])
+    if journal["phase"] == "staging":
+        staging.mkdir(exist_ok=True)
+        plans = {plan.index: plan for plan in expand(journal["meta"]["spec"])}
+        for old, index in journal["moves"]:
+            staged = staging / str(index)
+            if (store.root / old).exists() and not staged.exists():
+                os.replace(store.root / old, staged)
+            if (staged / "summary.json").exists():  # re-keyed while staged: never placed with an old key
+                plan = plans[index]
+                summary = json.loads((staged / "summary.json").read_text())
+                atomic_write_json(staged / "config.json", {**plan.describe(), "spec": plan.spec})
+                atomic_write_json(staged / "summary.json", {**summary, "index": index, "key": plan.key})
+        for folder in (store.root / "stages").glob("*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        atomic_write_json(store.root / "study.json", journal["meta"])
+        journal["phase"] = "placing"
+        atomic_write_json(journal_path, journal)
+    for _, index in journal["moves"]:
+        staged = staging / str(index)
+        if staged.exists():
+            target.trial_dir(index).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target.trial_dir(index))
+    store.meta = journal["meta"]
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for key, folder in keep.items():
-        os.replace(folder, staging / f"{key[0]}-{key[1]}")
-    for _, folder in store.trial_dirs():
-        shutil.rmtree(folder, ignore_errors=True)
-    store.meta = {**store.meta, "spec": spec, "trials": [plan.describe() for plan in plans]}
-    atomic_write_json(store.root / "study.json", store.meta)
-    for plan in plans:
-        kept = staging / f"{plan.overrides['job.stage']}-{plan.overrides['job.lr']}"
-        if kept.exists():
-            target = store.trial_dir(plan.index)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(kept, target)
-            summary = json.loads((target / "summary.json").read_text())
-            atomic_write_json(target / "config.json", {**plan.describe(), "spec": plan.spec})
-            atomic_write_json(target / "summary.json", {**summary, "index": plan.index, "key": plan.key})
-    shutil.rmtree(staging, ignore_errors=True)
+    journal_path.unlink()
 
 
 register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments,

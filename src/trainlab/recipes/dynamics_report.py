@@ -18,14 +18,14 @@ from ..plugin import register_report
 from ..report.plotting import pyplot, save_figure
 from ..report.text import fmt
 from ..study.store import StudyStore
-from .dynamics import STAGES, DynamicsSetup, has_batchnorm, stored_stages, trial_spec
+from .dynamics import STAGES, DynamicsSetup, has_batchnorm, stored_setup, stored_stages, trial_spec
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def build_dynamics_report(study_dir) -> Path:
     store = StudyStore.open(study_dir)
-    s = DynamicsSetup.model_validate(store.spec["job"]["setup"])
+    s = stored_setup(store)
     stages = {key: folder for key, (folder, _) in stored_stages(store).items()}
     folder = store.root / "val_loss"
     folder.mkdir(exist_ok=True)
@@ -39,15 +39,18 @@ def build_dynamics_report(study_dir) -> Path:
         arm = json.loads((stages[2, None] / "summary.json").read_text()).get("arms", {}).get("gd", {})
         lines[-1:-1] = [f"- the runs start where GD (stage 2) ended: held-out loss {fmt(arm.get('final_test_loss'), 6)}, "
                         f"accuracy {fmt(arm.get('final_test_accuracy'))}"]
-    lines += figure_lines(s, stages, folder)
+    figures, drawn = figure_lines(s, stages, folder)
+    lines += figures
     lrs = [lr for lr in s.lrs if (4, lr) in stages]
     if not lrs:
         lines += ["The many-run stage has not finished: no validation-loss distribution yet.", ""]
+        remove_stale(folder, drawn)
         return atomic_write_text(store.root / "report.md", "\n".join(lines))
     frame, summary = spread_summary(s, stages, lrs)
-    frame.to_csv(folder / "val_loss.csv", index=False)
+    atomic_write_text(folder / "val_loss.csv", frame.to_csv(index=False))
     atomic_write_json(folder / "summary.json", summary)
     histograms(frame, summary, lrs, folder / "histograms.png")
+    remove_stale(folder, drawn | {"val_loss.csv", "summary.json", "histograms.png"})
     lines += ["## Validation loss after the last step of each run", "",
               "| lr | runs | mean | std | 5% | 95% | mean-weight model |", "|---|---|---|---|---|---|---|"]
     for lr in lrs:
@@ -138,16 +141,30 @@ def recompute_batchnorm(model: torch.nn.Module, x_train, chunk: int) -> None:
 # ---------------------------------------------------------------- figures per stage
 
 
-def figure_lines(s: DynamicsSetup, stages: dict, folder: Path) -> list[str]:
-    """Draw every figure whose stages have finished; the report's lines that show them."""
-    lines = []
-    for name, title, draw in (("curves.png", "Training loss: SGD (stage 1), then GD (stage 2)", sgd_then_gd),
-                              ("eigenvalues.png", "Top Hessian eigenvalues along SGD (stage 3)", eigenvalues),
-                              ("spread.png", "The many runs over steps (stage 4)", spread_over_steps),
-                              ("gd_vs_sgd.png", "GD (stage 5) vs the mean of the SGD runs (stage 4)", gd_vs_sgd)):
-        if draw(s, stages, folder / name):
+FIGURES = (("curves.png", "Training loss: SGD (stage 1), then GD (stage 2)"),
+           ("eigenvalues.png", "Top Hessian eigenvalues along SGD (stage 3)"),
+           ("spread.png", "The many runs over steps (stage 4)"),
+           ("gd_vs_sgd.png", "GD (stage 5) vs the mean of the SGD runs (stage 4)"))
+OUTPUTS = {name for name, _ in FIGURES} | {"val_loss.csv", "summary.json", "histograms.png"}
+
+
+def remove_stale(folder: Path, written: set) -> None:
+    """Outputs of an earlier report that this one could not draw (their stages were replaced
+    and have not finished again) go: the folder never shows old results beside new ones."""
+    for name in OUTPUTS - written:
+        (folder / name).unlink(missing_ok=True)
+
+
+def figure_lines(s: DynamicsSetup, stages: dict, folder: Path) -> tuple[list[str], set]:
+    """Draw every figure whose stages have finished; the report's lines and the files drawn."""
+    lines, drawn = [], set()
+    draws = {"curves.png": sgd_then_gd, "eigenvalues.png": eigenvalues, "spread.png": spread_over_steps,
+             "gd_vs_sgd.png": gd_vs_sgd}
+    for name, title in FIGURES:
+        if draws[name](s, stages, folder / name):
             lines += [f"## {title}", "", f"![{name}](val_loss/{name})", ""]
-    return lines
+            drawn.add(name)
+    return lines, drawn
 
 
 def train_losses(folder: Path) -> tuple[np.ndarray, np.ndarray]:
