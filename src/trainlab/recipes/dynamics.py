@@ -24,6 +24,7 @@ stage 6. A rerun with other settings compares them with each finished stage's: a
 is refused, or with --force the stages it touches are replaced whole.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -251,10 +252,6 @@ class DynamicsStage:
     def run(spec: dict, context) -> dict:
         job = spec["job"]
         s, stage, lr = DynamicsSetup.model_validate(job["setup"]), job["stage"], job["lr"]
-        study = Path(context.folder).parent.parent
-        if (study / JOURNAL).exists():  # its finished stages wait in .respec/: never train over them
-            raise UserError(f"an interrupted --force rewrite of {str(study)!r} is pending; finish it with "
-                            f"trainlab dynamics --results-dir {str(study)!r}")
         start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
         init = start / "checkpoint.pt" if start is not None else None
         folder = context.folder
@@ -395,9 +392,11 @@ def redo(store: StudyStore, stages: list[int]) -> None:
     """Remove the outputs of `stages`, and of the stages that start from them, whole: the resume
     that follows runs them again from scratch, never mixing old files with new."""
     again = set(stages) | {d for stage in stages for d in DEPENDENTS[stage]}
-    for trial in store.meta.get("trials", []):
-        if trial["overrides"]["job.stage"] in again:
-            shutil.rmtree(store.trial_dir(trial["index"]), ignore_errors=True)
+    folders = [store.trial_dir(t["index"]) for t in store.meta.get("trials", []) if t["overrides"]["job.stage"] in again]
+    for folder in folders:  # unfinished first, all of them: a kill midway never leaves a stage on a removed one
+        (folder / "summary.json").unlink(missing_ok=True)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stored_stages(store: StudyStore) -> dict:
@@ -405,12 +404,14 @@ def stored_stages(store: StudyStore) -> dict:
     found = {}
     for trial in store.meta.get("trials", []):
         folder = store.trial_dir(trial["index"])
+        if not store.finished_index(trial["index"]):
+            continue
         try:
             record = json.loads((folder / "stage.json").read_text())
         except (OSError, ValueError):
-            continue
-        if store.finished_index(trial["index"]) and isinstance(record, dict):
-            found[(trial["overrides"]["job.stage"], trial["overrides"]["job.lr"])] = (folder, record.get("settings"))
+            record = {}  # finished, but its settings unknown: it counts as changed
+        settings = record.get("settings") if isinstance(record, dict) else None
+        found[(trial["overrides"]["job.stage"], trial["overrides"]["job.lr"])] = (folder, settings)
     return found
 
 
@@ -419,7 +420,7 @@ def rerun_with(store: StudyStore, args) -> None:
     settings differ are refused without --force; with it they (and the stages after them) are
     replaced whole, stages of learning rates no longer asked for are removed, and matching
     stages are kept. Stages the study does not have yet (--stage K) are added."""
-    with store.lock():
+    with store.lock(), rewrite_errors(store):
         finish_respec(store)  # one that a kill interrupted
     stored = stored_setup(store)
     if args.setup is not None or args.experiment:
@@ -446,7 +447,26 @@ def rerun_with(store: StudyStore, args) -> None:
         preflight(expand(spec))  # the new settings work before anything finished is removed
         keep = {key: folder for key, (folder, settings) in found.items()
                 if (key, folder, settings) not in changed and not again & {key[0], *BEFORE[key[0]]}}
-        respec(store, spec, keep)
+        with rewrite_errors(store):
+            respec(store, spec, keep)
+
+
+@contextlib.contextmanager
+def rewrite_errors(store: StudyStore):
+    """A full disk or a permission stops a rewrite in one line; its journal finishes it later."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"--results-dir: rewriting {str(store.root)!r} stopped ({exc.strerror or exc}); it is "
+                        f"journaled in {JOURNAL}: run the same command again once that is fixed") from None
+
+
+def pending_rewrite(store: StudyStore, quiet: bool = True) -> None:
+    """Before any stage trains (every executor) and before the report: a rewrite a kill
+    interrupted holds finished stages in .respec/, so nothing may run until it is finished."""
+    if (store.root / JOURNAL).exists():
+        raise UserError(f"an interrupted --force rewrite of {str(store.root)!r} is pending; finish it with "
+                        f"trainlab dynamics --results-dir {str(store.root)!r}")
 
 
 def stored_setup(store: StudyStore) -> DynamicsSetup:
@@ -480,6 +500,8 @@ def respec(store: StudyStore, spec: dict, keep: dict) -> None:
     plans = {(p.overrides["job.stage"], p.overrides["job.lr"]): p for p in expand(spec)}
     meta = {**store.meta, "spec": spec, "trials": [p.describe() for p in plans.values()]}
     moves = [[str(folder.relative_to(store.root)), plans[key].index] for key, folder in keep.items()]
+    if (store.root / ".respec").exists():  # a leftover must never stand in for a stage
+        shutil.rmtree(store.root / ".respec")
     atomic_write_json(store.root / JOURNAL, {"phase": "staging", "meta": meta, "moves": moves})
     finish_respec(store)
 
@@ -504,18 +526,21 @@ def finish_respec(store: StudyStore) -> None:
                 summary = json.loads((staged / "summary.json").read_text())
                 atomic_write_json(staged / "config.json", {**plan.describe(), "spec": plan.spec})
                 atomic_write_json(staged / "summary.json", {**summary, "index": index, "key": plan.key})
-        for folder in (store.root / "stages").glob("*"):
-            shutil.rmtree(folder, ignore_errors=True)
+        for entry in (store.root / "stages").glob("*"):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         atomic_write_json(store.root / "study.json", journal["meta"])
         journal["phase"] = "placing"
         atomic_write_json(journal_path, journal)
     for _, index in journal["moves"]:
-        staged = staging / str(index)
+        staged, place = staging / str(index), target.trial_dir(index)
         if staged.exists():
-            target.trial_dir(index).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target.trial_dir(index))
+            if place.exists():  # while a stage waits staged, its place holds only a refused attempt
+                shutil.rmtree(place)
+            place.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, place)
     store.meta = journal["meta"]
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.exists():
+        shutil.rmtree(staging)
     journal_path.unlink()
 
 

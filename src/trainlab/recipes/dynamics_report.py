@@ -18,13 +18,15 @@ from ..plugin import register_report
 from ..report.plotting import pyplot, save_figure
 from ..report.text import fmt
 from ..study.store import StudyStore
-from .dynamics import STAGES, DynamicsSetup, has_batchnorm, stored_setup, stored_stages, trial_spec
+from .dynamics import (STAGES, DynamicsSetup, has_batchnorm, pending_rewrite, stored_setup, stored_stages,
+                       trial_spec)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def build_dynamics_report(study_dir) -> Path:
     store = StudyStore.open(study_dir)
+    pending_rewrite(store)
     s = stored_setup(store)
     stages = {key: folder for key, (folder, _) in stored_stages(store).items()}
     folder = store.root / "val_loss"
@@ -41,7 +43,7 @@ def build_dynamics_report(study_dir) -> Path:
                         f"accuracy {fmt(arm.get('final_test_accuracy'))}"]
     figures, drawn = figure_lines(s, stages, folder)
     lines += figures
-    lrs = [lr for lr in s.lrs if (4, lr) in stages]
+    lrs = [lr for lr in s.lrs if (4, lr) in stages and (2, None) in stages]  # the mean-weight model needs stage 2
     if not lrs:
         lines += ["The many-run stage has not finished: no validation-loss distribution yet.", ""]
         remove_stale(folder, drawn)
@@ -219,7 +221,7 @@ def eigenvalues(s: DynamicsSetup, stages: dict, path: Path) -> bool:
 
 
 def spread_over_steps(s: DynamicsSetup, stages: dict, path: Path) -> bool:
-    lrs = [lr for lr in s.lrs if (4, lr) in stages]
+    lrs = [lr for lr in s.lrs if (4, lr) in stages and (2, None) in stages]  # the mean-weight model needs stage 2
     if not lrs:
         return False
     plt = pyplot()
@@ -274,5 +276,5 @@ def close(plt, fig, path: Path) -> bool:
     return True
 
 
-register_report("dynamics", build_dynamics_report,
+register_report("dynamics", build_dynamics_report, prepare=pending_rewrite,
                 doc="stage 6 of the dynamics study: validation-loss spread and a figure per stage")
