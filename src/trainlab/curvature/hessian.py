@@ -33,6 +33,10 @@ def analysis_mode(model: nn.Module):
         model.train(was_training)
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
@@ -50,7 +54,7 @@ class HessianOperator:
         self.graphs = []
         self.notes = ["Hessians by double backward with attention (if any) on the math backend (the fused kernel "
                       "has no double backward)"]
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if has_batchnorm(model):
             self.notes.append("BatchNorm layers in eval mode (running statistics) during the Hessian analysis, not "
                               "the batch statistics of training")
         with analysis_mode(model):

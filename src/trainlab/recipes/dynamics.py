@@ -38,8 +38,9 @@ import torch
 from pydantic import Field, ValidationError, model_validator
 
 from ..curvature import HessianOperator, exact_hessian, top_eigenpairs
+from ..curvature.hessian import has_batchnorm
 from ..engine import Hook, Trial
-from ..engine.ensemble import run_ensemble
+from ..engine.ensemble import flat_params, run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
 from ..io import atomic_write_json
 from ..options import Strict
@@ -226,14 +227,6 @@ class HessianTrajectory(Hook):
             values, _, _ = top_eigenpairs(op, min(self.top, op.size), tol=1e-8, seed=step)
         self.eigenvalues.append(values)
         self.products += op.products
-
-
-def flat_params(model) -> np.ndarray:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy()
-
-
-def has_batchnorm(model) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class StageOptions(Strict):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..curvature.hessian import has_batchnorm
 from ..data.batches import rows
 from ..engine import Trial
 from ..io import atomic_write_json, atomic_write_text, read_jsonl
@@ -18,7 +19,7 @@ from ..plugin import register_report
 from ..report.plotting import pyplot, save_figure
 from ..report.text import fmt
 from ..study.store import StudyStore
-from .dynamics import (STAGES, DynamicsSetup, has_batchnorm, pending_rewrite, stored_setup, stored_stages,
+from .dynamics import (STAGES, DynamicsSetup, pending_rewrite, stored_setup, stored_stages,
                        trial_spec)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
