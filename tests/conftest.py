@@ -9,6 +9,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("TRAINLAB_DATA", str(SHARED))
 os.environ["TRAINLAB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("XDG_CACHE_HOME", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "xdg"))
+# the key that signs the studies tests make (study/trust.py): the tests' own, not the user's
+os.environ.setdefault("TRAINLAB_CONFIG", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "config"))
 
 
 def _has(*parts) -> bool:

@@ -13,6 +13,7 @@ import sys
 
 from .errors import TrialsFailed, UserError
 from .plugin import registries
+from .study import trust
 from .study.store import version
 
 EXIT_USAGE = 2  # bad input: nothing ran
@@ -73,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     configure_logging(quiet="--quiet" in argv or "-q" in argv, verbose="--verbose" in argv or "-v" in argv)
     try:
-        commands = registries(plugins_in(argv), os.getcwd()).commands
+        asked = plugins_in(argv)  # the current folder is searched for --plugin modules only, never on its own
+        commands = registries(asked, os.getcwd() if asked else None).commands
         parser = build_parser(commands)
         args = parser.parse_args(argv)
         configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+        if getattr(args, "trust", False):
+            trust.trust_what_is_opened()
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

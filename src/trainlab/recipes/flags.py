@@ -47,6 +47,11 @@ def add_sets(parser: argparse.ArgumentParser, help: str = "override a spec field
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE", help=help)
 
 
+def add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust", action="store_true", help="import the plugin modules of a study made elsewhere "
+                        "(this runs its code); it is then signed, and trusted here from now on (study/trust.py)")
+
+
 def add_plugins(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                         help="import MODULE, which registers tasks, optimizers, probes, ... (stored with the study)")

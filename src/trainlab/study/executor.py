@@ -3,31 +3,37 @@
 inline  one after another in this process (the default with one worker)
 pool    a local pool of worker processes (`--workers N`), one trial per worker at a time;
         each worker writes its trial into the study directory as it trains (so the monitor
-        sees it live), gets its share of the CPU threads (--threads overrides it), and its own GPU round-robin when there are several. A trial whose worker dies is
+        sees it live), computes with the study's torch threads, and gets its own GPU
+        round-robin when there are several. A trial whose worker dies is
         tried again in a fresh pool, and recorded as failed after 3 deaths.
 ray     trials as Ray tasks (`--executor ray [--address HOST:PORT]`), each asking for CPUs
         (and a GPU when its spec trains on cuda). A task trains in a scratch folder on its
         node and returns the trial's files; this process writes them into the study, so the
-        cluster needs no shared filesystem. Without --address a local Ray instance with
-        N workers is started for the study. The study's plugin modules travel with the Ray
+        cluster needs no shared filesystem. Without --address trainlab starts a Ray instance
+        of its own with N workers for the study, whatever RAY_ADDRESS or a leftover
+        `ray_current_cluster` file names; `--address auto` joins that cluster, `--address
+        HOST:PORT` the one named. The study's plugin modules travel with the Ray
         job it starts (runtime_env py_modules), so the cluster needs none of the user's files
         (with a Ray already initialised by the caller, they must be importable on its nodes).
 
-Every trial is deterministic, so all three give the same numbers: bit for bit when each
-trial has the same number of torch threads (`--threads N`; by default the machine's cores
-are divided among the workers, and reductions over a batch, as in a convolution's weight
-gradient or BatchNorm's statistics, may differ in the last bit between thread counts). Every worker fills its
+Every trial is deterministic, so all three give the same numbers, bit for bit: reductions over
+a batch (a convolution's weight gradient, BatchNorm's statistics) may differ in the last bit
+between torch thread counts, so the count is part of the study. It is chosen once, when the
+study is made (`--threads N`, by default DEFAULT_THREADS in every executor, whatever the
+number of workers), recorded in study.json, and used by every later command. Every worker fills its
 plugin registries as the driver did (built-ins, entry points, the spec's `plugins:`). An
 error inside a trial is recorded as that trial's failure in every executor (trial.py).
 Hooks given from Python run inside the training process (they are pickled to workers);
 sinks get each trial's records in this process (live inline, when the trial ends elsewhere).
 """
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -48,6 +54,11 @@ from .trial import Extras, run_trial
 log = logging.getLogger(__name__)
 
 KINDS = ("inline", "pool", "ray")
+# One torch thread per trial unless the study asks for more: trials are what runs in parallel
+# (as torchrun and Ray set OMP_NUM_THREADS=1 for their workers), and the same count everywhere
+# makes a study's numbers the same whatever the executor, the worker count or the machine.
+DEFAULT_THREADS = 1
+RAY_CONNECT_TIMEOUT_S = 5
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class ExecutorOptions:
     kind: str | None = None  # None: pool when workers > 1, else inline
     workers: int = 1
     address: str | None = None  # a Ray cluster; None starts a local instance
-    threads: int | None = None  # torch threads per trial; None: the cores divided among the workers
+    threads: int | None = None  # torch threads per trial; None: the study's (DEFAULT_THREADS for a new one)
 
     def __post_init__(self):
         if self.kind is not None and self.kind not in KINDS:
@@ -79,10 +90,11 @@ def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Cal
     extras = extras or Extras()
     if not plans:
         return
-    log.debug("executor %s: %d trial(s), %d worker(s), %s torch thread(s) each", kind, len(plans), options.workers,
-              options.threads or ("all" if kind == "inline" else worker_threads(options.workers)))
+    threads = options.threads or store.threads or DEFAULT_THREADS
+    log.debug("executor %s: %d trial(s), %d worker(s), %d torch thread(s) each", kind, len(plans), options.workers,
+              threads)
     if kind == "inline":
-        run_inline(store, plans, total, quiet, on_done, extras, options.threads)
+        run_inline(store, plans, total, quiet, on_done, extras, threads)
         return
     # sinks stay here: they get each trial's records when it ends; loggers log in pool workers
     # as they train, and here for Ray trials, whose files arrive when they end
@@ -96,9 +108,9 @@ def run_trials(store, plans, options: ExecutorOptions, quiet: bool, on_done: Cal
         on_done(plan)
 
     if kind == "ray":
-        run_on_ray(store, plans, options.workers, options.address, quiet, done, elsewhere, options.threads)
+        run_on_ray(store, plans, options.workers, options.address, quiet, done, elsewhere, threads)
     else:
-        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, done, elsewhere, options.threads)
+        run_in_pool(store, plans, min(options.workers, len(plans)), quiet, done, elsewhere, threads)
 
 
 def replay_records(store, plan, sinks: list) -> None:
@@ -111,20 +123,34 @@ def replay_records(store, plan, sinks: list) -> None:
         sink.flush()
 
 
-def run_inline(store, plans, total: int, quiet: bool, on_done: Callable, extras: Extras, threads: int | None) -> None:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
+def run_inline(store, plans, total: int, quiet: bool, on_done: Callable, extras: Extras, threads: int) -> None:
+    with torch_threads(threads):
         for plan in plans:
             run_trial(store, plan, total, quiet, extras)
             on_done(plan)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch computes with `threads` threads inside the block (as it was, for None)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 
 
-def worker_threads(workers: int, threads: int | None = None) -> int:
-    """Torch threads of each worker: as asked, else the machine's cores divided among the workers."""
-    return threads or max(1, (os.cpu_count() or 1) // workers)
+def threads_for(store, asked: int | None) -> int:
+    """The torch threads of a command on an existing study: the count its trials ran with, or
+    the one asked for, with a warning when that differs (numbers may change in the last bits)."""
+    recorded = store.threads
+    if asked is None:
+        return recorded or DEFAULT_THREADS
+    if recorded is not None and asked != recorded:
+        log.warning(f"--threads {asked}: the trials of {store.root} ran with {recorded} torch thread(s); "
+                    "numbers may differ from theirs in the last bits")
+    return asked
 
 
 def trial_bar(count: int, label: str, quiet: bool):
@@ -135,7 +161,7 @@ ATTEMPTS = 3  # a trial whose worker dies this many times is recorded as failed
 
 
 def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extras: Extras,
-                threads: int | None = None) -> None:
+                threads: int = DEFAULT_THREADS) -> None:
     """Trials in a process pool. A worker that dies (killed, out of memory) breaks the pool:
     the trials it was running are tried again in a fresh pool, and a trial that has been in
     flight during ATTEMPTS such deaths is recorded as failed (failure.json) so the rest of
@@ -145,7 +171,7 @@ def run_in_pool(store, plans, workers: int, quiet: bool, on_done: Callable, extr
     todo = list(plans)
     try:
         while todo:
-            todo = _pool_round(store, todo, workers, on_done, bar, attempts, extras, worker_threads(workers, threads))
+            todo = _pool_round(store, todo, workers, on_done, bar, attempts, extras, threads)
     finally:
         if bar is not None:
             bar.close()
@@ -247,19 +273,13 @@ def import_ray():
 
 
 def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_done: Callable, extras: Extras,
-               threads: int | None = None) -> None:
+               threads: int = DEFAULT_THREADS) -> None:
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:  # a Ray job of our own: its runtime environment carries the data paths and plugin modules
         runtime = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("TRAINLAB_")},
                    "py_modules": local_modules(store.spec)}
-        try:
-            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                     log_to_driver=False, logging_level="ERROR", runtime_env={k: v for k, v in runtime.items() if v} or None)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserError(f"--address {address!r}: cannot connect to a Ray cluster: {exc}") from None
-    # locally Ray counts one CPU per worker while torch gets the worker's share of the cores
-    threads = worker_threads(workers, threads) if address is None else (threads or 1)
+        connect_ray(ray, address, workers, {k: v for k, v in runtime.items() if v} or None)
     task = ray.remote(run_detached)
     bar = trial_bar(len(plans), f"ray, {workers} workers" if address is None else f"ray at {address}", quiet)
     try:
@@ -287,6 +307,78 @@ def run_on_ray(store, plans, workers: int, address: str | None, quiet: bool, on_
             bar.close()
         if started_here:
             ray.shutdown()
+
+
+def connect_ray(ray, address: str | None, workers: int, runtime_env: dict | None) -> None:
+    """Start a Ray instance of our own (no --address), or join the cluster the user named.
+    Ray's own default would join whatever RAY_ADDRESS or the last `ray start` left in its temp
+    folder names, even a cluster long gone; and it waits minutes on an address nobody answers,
+    so a named cluster is reached first (a few seconds at most)."""
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
+    if address is None:
+        with without_env("RAY_ADDRESS"):
+            try:
+                ray.init(address="local", num_cpus=workers, **options)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise UserError(f"--executor ray: cannot start a local Ray instance: {one_line(exc)}") from None
+        return
+    target = cluster_address(address)
+    check_reachable(address, target)
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UserError(f"--address {address}: cannot connect to the Ray cluster at {target}: {one_line(exc)}; see "
+                        "docs/spec.md (Ray clusters) for how to start one, token included") from None
+
+
+def cluster_address(address: str) -> str:
+    """HOST:PORT of the cluster `address` names ("auto": RAY_ADDRESS, else the last `ray start`)."""
+    if address != "auto":
+        return address.split("://", 1)[-1]
+    found = os.environ.get("RAY_ADDRESS")
+    if not found:
+        try:
+            from ray._private.utils import read_ray_address  # the file `ray start` leaves
+            found = read_ray_address()
+        except (ImportError, AttributeError, OSError):
+            found = None
+    if not found:
+        raise UserError("--address auto: no Ray cluster to join (RAY_ADDRESS is unset and no `ray start` left an "
+                        "address); start one with `ray start --head`, or leave out --address for a local instance")
+    return found.split("://", 1)[-1]
+
+
+def check_reachable(address: str, target: str) -> None:
+    """One line, at once, when nothing answers at HOST:PORT (Ray itself would retry for minutes)."""
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address}: {target!r} is not HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or "
+                        "ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except socket.gaierror as exc:
+        raise UserError(f"--address {address}: unknown host {host!r} ({exc.strerror})") from None
+    except TimeoutError:
+        raise UserError(f"--address {address}: no answer from {target} within {RAY_CONNECT_TIMEOUT_S} s; is the "
+                        "cluster up and the port open?") from None
+    except OSError as exc:
+        raise UserError(f"--address {address}: cannot reach {target} ({exc.strerror or exc}); is `ray start --head` "
+                        "running there?") from None
+
+
+@contextlib.contextmanager
+def without_env(name: str):
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400]
 
 
 def _ray_result(ray, ref, plan) -> dict:
