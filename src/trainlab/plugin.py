@@ -6,8 +6,9 @@ and kind-specific traits:
 
     task         a Task (data, model, loss, metrics)
     optimizer    build(model, lr, options, example_inputs) -> optimizer; trait full_batch
-    event        make(options) -> Hook, scheduled at steps (checkpoint, fault)
-    probe        make(options) -> Hook, a measurement with a cadence
+    event        make(options) -> Hook, scheduled at steps (checkpoint, fault); trait step_fields
+                 (the option fields holding explicit steps, checked against the plan's length)
+    probe        make(options) -> Hook, a measurement with a cadence; trait step_fields (as events)
     mitigation   make(options) -> Guard, deciding each optimizer step of an arm
     fault_model  a FaultModel: what a fault does to the elements it hits, and how it is drawn
     report       build(study_dir) -> report path; trait on_trial_end
@@ -87,7 +88,8 @@ class Registry:
             if found is not None:
                 self.items[name] = found
         if name not in self.items:
-            raise SpecError(path, f"unknown {self.kind} {name!r} (allowed: {', '.join(self.names())})")
+            withheld = f"; perhaps a plugin module defines it, but {next(iter(WITHHELD.values()))}" if WITHHELD else ""
+            raise SpecError(path, f"unknown {self.kind} {name!r} (allowed: {', '.join(self.names())}){withheld}")
         return self.items[name]
 
     def names(self) -> list[str]:
@@ -135,6 +137,16 @@ class Registries:
 
 REGISTRIES = Registries()  # this process's registries; register_* decorators add to them
 _started = False
+WITHHELD: dict[str, str] = {}  # module -> why it is not imported here (a study that is not trusted)
+WITHHELD_FOLDERS: set[str] = set()  # plugin folders of such studies: never put on sys.path
+
+
+def withhold(modules, folders, why: str) -> None:
+    """Never import `modules` nor search `folders` in this process (a received study's code:
+    study/trust.py); `why` is the one line a refused import says."""
+    for name in modules:
+        WITHHELD.setdefault(name, why)
+    WITHHELD_FOLDERS.update(str(folder) for folder in folders)
 
 
 def registries(modules=(), search_path=None) -> Registries:
@@ -148,7 +160,7 @@ def registries(modules=(), search_path=None) -> Registries:
         REGISTRIES.load(entry_point_modules(), f"entry point group {ENTRY_POINTS!r}")
     folders = [search_path] if isinstance(search_path, (str, Path)) else list(search_path or [])
     for folder in folders:
-        if str(folder) not in sys.path:
+        if str(folder) not in sys.path and str(folder) not in WITHHELD_FOLDERS:
             sys.path.append(str(folder))
     return REGISTRIES.load(modules)
 
@@ -175,6 +187,8 @@ def entry_point_modules() -> list[str]:
 
 
 def import_module(name: str, where: str = "plugins"):
+    if name in WITHHELD:
+        raise UserError(f"{where}: module {name!r} was not imported: {WITHHELD[name]}")
     try:
         return importlib.import_module(name)
     except UserError:
@@ -184,6 +198,8 @@ def import_module(name: str, where: str = "plugins"):
             raise UserError(f"{where}: no module {name!r} (modules are looked for in the spec's folder and on "
                             "PYTHONPATH)") from None
         raise UserError(f"{where}: module {name!r} failed to import: {exc}") from None
+    except SystemExit as exc:  # sys.exit() at import would otherwise end `trainlab run` quietly, exit 0
+        raise UserError(f"{where}: module {name!r} called sys.exit({exc.code!r}) while being imported") from None
     except Exception as exc:  # a plugin's own bug: its message, on one line
         raise UserError(f"{where}: module {name!r} failed to import: {type(exc).__name__}: {exc}") from None
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -319,12 +320,15 @@ def read_spec_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file() and str(path) in presets():
         path = PRESETS / f"{path}.yaml"
-    if not path.is_file():
-        raise UserError(f"spec file {str(path)!r} not found (presets: {', '.join(presets())})")
+    problem = not_a_file(path)
+    if problem:
+        raise UserError(f"spec file {str(path)!r} {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"spec file {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"spec file {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__})") from None
     try:
         data = json.loads(text, object_pairs_hook=unique_keys) if path.suffix == ".json" else parse_yaml(text)
     except json.JSONDecodeError as exc:
@@ -338,6 +342,26 @@ def read_spec_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"spec file {str(path)!r} must hold a mapping of fields (task, arms, plan, ...)")
     return data
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is no spec file to read, or None for a regular file. Only stat, never open:
+    opening a named pipe would wait for a writer forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the path
+        return f"not found (presets: {', '.join(presets())})"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a spec file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a spec file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a spec file"
+    return "is a socket, not a spec file" if stat.S_ISSOCK(mode) else "is not a regular file"
 
 
 def parse_set(assignment: str) -> tuple[str, Any]:
@@ -431,7 +455,9 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
     stored = data.get("plugin_path") or []
     if not isinstance(stored, list) or not all(isinstance(p, str) for p in stored):
         raise SpecError("plugin_path", "must be a list of folders")
-    search = [*([folder] if folder else []), *stored, os.getcwd()]
+    # a stored spec (it has plugin_path) finds its modules where they were found; only a new one
+    # searches the current folder, so opening a study never imports what lies beside the user
+    search = [*([folder] if folder else []), *stored, *([] if "plugin_path" in data else [os.getcwd()])]
     data = {k: v for k, v in data.items() if k != "plugin_path"}
     registries = registries or process_registries(plugins_of(data), search)
     try:
@@ -457,18 +483,43 @@ def resolve(data: dict, registries: Registries | None = None, folder: str | None
         resolved["job"] = {**fixed, **validate_options(job.Options, spec.job.model_extra, "job", context)}
     resolved["events"] = resolve_plugins(spec.events, registries.events, "events", context)
     resolved["probes"] = resolve_plugins(spec.probes, registries.probes, "probes", context)
+    swept = [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point),
+             *(spec.sweep.random.params if spec.sweep.random else []), *(spec.sweep.optuna.params if spec.sweep.optuna else [])]
+    if not any(changes_schedule(path) for path in swept):  # else each trial is checked as plans_for resolves it
+        check_step_bounds(resolved, resolved["plan"]["steps"], registries)
     registries.reports.get(spec.output.report, "output.report")
     resolved["output"]["loggers"] = resolve_plugins(spec.output.loggers, registries.loggers, "output.loggers", context)
     for i, item in enumerate(resolved["output"]["loggers"]):
         check_installed(registries.loggers.get(item["kind"]), f"output.loggers.{i}")
-    random_paths = list(spec.sweep.random.params) if spec.sweep.random else []
-    optuna_paths = list(spec.sweep.optuna.params) if spec.sweep.optuna else []
-    for path in [*spec.sweep.grid, *(p for point in spec.sweep.points for p in point), *random_paths, *optuna_paths]:
+    for path in swept:
         _check_sweep_path(resolved, path)
     if spec.sweep.optuna and spec.sweep.optuna.arm and spec.sweep.optuna.arm not in [a["name"] for a in resolved["arms"]]:
         raise SpecError("sweep.optuna.arm", f"no arm named {spec.sweep.optuna.arm!r}; "
                         f"arms: {', '.join(a['name'] for a in resolved['arms'])}")
     return resolved
+
+
+def changes_schedule(path: str) -> bool:
+    """Whether a swept field changes the plan's length or the scheduled steps."""
+    head = path.split(".")[:2]
+    return head[0] in ("plan", "events", "probes") and (len(head) == 1 or head[0] != "plan" or head[1] in ("steps", "epochs"))
+
+
+def check_step_bounds(spec: dict, total_steps: int | None, registries: Registries) -> None:
+    """The explicit steps of events and probes (the option fields a plugin names in its
+    `step_fields` trait) must lie in 0..total_steps: a step outside the plan would silently
+    never happen. `total_steps` is None for a plan in epochs before its data is loaded (the
+    run's preflight knows it): then only negative steps are refused."""
+    span = f"0..{total_steps}" if total_steps is not None else "steps count from 0, the initial weights"
+    for prefix, registry in (("events", registries.events), ("probes", registries.probes)):
+        for i, item in enumerate(spec[prefix]):
+            for name in registry.get(item["kind"]).trait("step_fields", ()):
+                value = item.get(name)
+                for step in value if isinstance(value, list) else [] if value is None else [value]:
+                    if step < 0:
+                        raise SpecError(f"{prefix}.{i}.{name}", f"step {step} is before the start of the plan ({span})")
+                    if total_steps is not None and step > total_steps:
+                        raise SpecError(f"{prefix}.{i}.{name}", f"step {step} is past the end of the plan ({span})")
 
 
 def check_installed(plugin, path: str) -> None:

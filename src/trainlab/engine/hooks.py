@@ -17,6 +17,32 @@ def steps_every(trial, every) -> int:
     return trial.stream.steps_per_epoch if every == "epoch" else int(every)
 
 
+class Steps:
+    """A set of steps kept as explicit steps plus `range`s, so that a cadence over a long plan
+    (every: 1 with plan.steps 10**10) costs a few integers, not a set of every step; `in`
+    is arithmetic (range membership), `add` and `update` work as on a set."""
+
+    def __init__(self, steps=()):
+        self.explicit: set[int] = set()
+        self.ranges: list[range] = []
+        self.update(steps)
+
+    def add(self, step: int) -> None:
+        self.explicit.add(step)
+
+    def update(self, steps) -> None:
+        if isinstance(steps, range):
+            self.ranges.append(steps)  # kept whole: never enumerated
+        else:
+            self.explicit.update(steps)
+
+    def __contains__(self, step) -> bool:
+        return step in self.explicit or any(step in r for r in self.ranges)
+
+    def __bool__(self) -> bool:
+        return bool(self.explicit) or any(self.ranges)
+
+
 class Hook:
     def on_start(self, trial) -> None:
         """After models and optimizers are built, before the first step."""

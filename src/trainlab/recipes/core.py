@@ -4,7 +4,7 @@ import math
 
 from ..errors import UserError
 from ..monitor import serve, static_plot
-from ..monitor.data import trial_dirs
+from ..monitor.data import check_metrics, trial_dirs
 from ..plugin import register_command, registries
 from ..report import build_study_report
 from ..report.diagnostics import diagnose_outputs
@@ -12,7 +12,7 @@ from ..report.text import markdown_table
 from ..spec import dump_yaml, load_spec
 from ..study import expand, export_study, resume_study, run_study
 from ..study.sweep import seeds_of
-from .flags import Command, add_common, add_plugins, add_sets, add_workers, at_least, executor_of
+from .flags import Command, add_common, add_plugins, add_sets, add_trust, add_workers, at_least, executor_of
 
 
 def run_arguments(parser) -> None:
@@ -61,6 +61,7 @@ def resume_arguments(parser) -> None:
     parser.add_argument("study_dir")
     add_workers(parser)
     add_common(parser)
+    add_trust(parser)
 
 
 def resume(args) -> int:
@@ -70,6 +71,7 @@ def resume(args) -> int:
 
 def report_arguments(parser) -> None:
     parser.add_argument("study_dir")
+    add_trust(parser)
 
 
 def report(args) -> int:
@@ -85,14 +87,17 @@ def monitor_arguments(parser) -> None:
     parser.add_argument("--metrics", nargs="+", metavar="NAME", help="panels (default: silhouette clusters correlation loss)")
     parser.add_argument("--static", action="store_true", help="write the panels as a PNG and exit")
     parser.add_argument("--output", default="monitor.png", metavar="FILE", help="PNG path for --static")
+    add_trust(parser)
 
 
 def monitor(args) -> int:
     trial_dirs(args.run_dir)  # a clear error for a folder that is neither a study nor a trial
-    if args.interval <= 0:
-        raise UserError("--interval: must be positive")
+    # nan or inf stops the page's refresh; past 2**31 ms a browser's timer fires at once, over and over
+    if not (math.isfinite(args.interval) and 0 < args.interval <= 86400):
+        raise UserError(f"--interval: must be a finite positive number of seconds, at most 86400 (got {args.interval})")
     if not 0 <= args.port <= 65535:
         raise UserError("--port: must be between 0 and 65535")
+    check_metrics(args.run_dir, args.metrics)
     if args.static:
         print(static_plot(args.run_dir, args.output, args.metrics))
         return 0
@@ -117,6 +122,7 @@ def diagnose_arguments(parser) -> None:
                                                                "slow, and DBSCAN memory grows with dense clusters)")
     parser.add_argument("--output", metavar="DIR", help="where the table and figures go "
                                                         "(default: <trial or study>/diagnostics)")
+    add_trust(parser)
 
 
 def diagnose_command(args) -> int:
@@ -145,6 +151,7 @@ def export_arguments(parser) -> None:
     parser.add_argument("--tracking-uri", metavar="URI", help="with --to mlflow: a tracking server or database "
                         "(default: sqlite in the study)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    add_trust(parser)
 
 
 def export(args) -> int:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..analysis.sweep import analyse, sweep_frame
 from ..analysis.tables import arm_table, load, load_summaries
-from ..io import atomic_write_text
 from ..plugin import Registries, register_report
+from ..study.executor import threads_for, torch_threads
 from ..study.store import StudyStore
 from .diagnostics import diagnostics_section
 from .figures import curves_figure, effects_figure
@@ -22,7 +22,8 @@ def build_study_report(study_dir: str | Path, registries: Registries | None = No
     """Rebuild a study's report with the builder its spec names (output.report)."""
     store = StudyStore.open(study_dir)
     registries = registries or store.registries()
-    return registries.reports.get(store.spec["output"]["report"]).target(store.root)
+    with torch_threads(threads_for(store, None)):  # what a report computes, it computes as the trials did
+        return registries.reports.get(store.spec["output"]["report"]).target(store.root)
 
 
 def language_model(store: StudyStore) -> bool:
@@ -72,13 +73,13 @@ def build_report(study_dir: str | Path) -> Path:
             lines += [f"Highest mean held-out accuracy at the end: **{best['arm']}** "
                       f"({fmt(best['final_test_accuracy_mean'])}); see the spread across trials before reading it "
                       "as a ranking.", ""]
-        curves_figure(metrics, store.root / "figures" / "curves.png")
+        curves_figure(metrics, store.place("figures/curves.png"))
         lines += ["## Curves", "", "![loss and accuracy](figures/curves.png)", ""]
         lines += _sweep(store, summaries) + diagnostics_section(store, metrics) + _splits(store) + _privacy(store)
         lines += _divergences(summaries) + _samples(summaries)
     else:
         lines += ["No trial has finished yet.", ""]
-    return atomic_write_text(store.root / "report.md", "\n".join(lines))
+    return store.write_text("report.md", "\n".join(lines))
 
 
 METHOD_NAMES = {"fanova": "fANOVA", "ped_anova": "PED-ANOVA"}
@@ -95,8 +96,8 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
                      arms=[arm["name"] for arm in store.spec["arms"]])
     if not result["fields"]:
         return []
-    atomic_write_text(store.root / "analysis.json", json.dumps(result, indent=2, default=str))
-    effects_figure(frame, fields, result["metric"], store.root / "figures" / "effects.png")
+    store.write_text("analysis.json", json.dumps(result, indent=2, default=str))
+    effects_figure(frame, fields, result["metric"], store.place("figures/effects.png"))
     pick = max if result["higher_is_better"] else min
     label = "held-out accuracy" if result["higher_is_better"] else "held-out loss"
     rows, values = [], []

@@ -1,6 +1,7 @@
 """run_study / resume_study: spec -> trials -> executor -> store -> report."""
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -10,11 +11,12 @@ import threading
 from pathlib import Path
 
 from ..engine import Trial
+from ..engine.trainer import planned_steps
 from ..errors import Interrupted, SpecError, TrialsFailed, UserError
 from ..plugin import origin, registries as process_registries
-from ..spec import load_spec
+from ..spec import check_step_bounds, load_spec
 from . import loggers
-from .executor import ExecutorOptions, run_trials
+from .executor import DEFAULT_THREADS, ExecutorOptions, run_trials, threads_for, torch_threads
 from .optuna_search import check_storage, search
 from .store import StudyStore
 from .sweep import TrialPlan, expand, plans_for
@@ -25,18 +27,22 @@ log = logging.getLogger(__name__)
 
 def preflight(plans: list[TrialPlan]) -> None:
     """Build (not train) one trial per distinct task/plan/arms so data, device, batch size
-    and checkpoints are checked before anything is written."""
-    seen = set()
+    and checkpoints are checked before anything is written; a plan in epochs has its event
+    steps checked here, where its length is known."""
+    per_epoch = {}  # signature -> steps per epoch
     for plan in plans:
         # the length of training changes none of these checks: trials differing only in it share one
         setup = {k: v for k, v in plan.spec["plan"].items() if k not in ("steps", "epochs")}
         signature = repr((plan.spec["task"], setup, plan.spec["arms"], plan.spec.get("job")))
-        if signature not in seen:
-            seen.add(signature)
+        if signature not in per_epoch:
             if plan.spec.get("job"):
                 job_of(plan.spec).check(plan.spec)
+                per_epoch[signature] = None
             else:
-                Trial(plan.spec)
+                per_epoch[signature] = Trial(plan.spec).stream.steps_per_epoch
+        if per_epoch[signature] is not None and plan.spec["plan"]["steps"] is None:
+            registries = process_registries(plan.spec.get("plugins", []), plan.spec.get("plugin_path"))
+            check_step_bounds(plan.spec, planned_steps(plan.spec["plan"], per_epoch[signature]), registries)
 
 
 def execute(store: StudyStore, plans: list[TrialPlan], quiet: bool = False,
@@ -104,12 +110,14 @@ def run_study(spec: str | Path | dict, overrides: list[str] | dict | None = None
         spec["output"]["loggers"] += [{"kind": name} for name in dict.fromkeys(loggers) if name not in known]
         spec = load_spec(spec)
     executor = executor or ExecutorOptions(workers=workers)
+    executor = dataclasses.replace(executor, threads=executor.threads or DEFAULT_THREADS)  # the study's from now on
     plans = expand(spec)
     preflight(plans or first_proposal(spec))
     check_workers_can_import(spec, executor, max(len(plans), 2))
     check_storage(spec)
-    store = StudyStore.create(spec, plans)
-    with interruptions(store), space_errors(store), store.lock():
+    store = StudyStore.create(spec, plans, threads=executor.threads)
+    # the driver's own work (a recipe's pretraining, the report) computes as the trials do
+    with interruptions(store), space_errors(store), store.lock(), torch_threads(executor.threads):
         if on_create is not None:
             on_create(store, plans)
         execute(store, plans, quiet, executor, Extras(list(hooks), list(sinks)))
@@ -152,13 +160,16 @@ def resume_study(path: str | Path, quiet: bool = False, workers: int = 1, execut
                  hooks: list = (), sinks: list = ()) -> Path:
     """Run only the unfinished (or failed) trials of an existing study; as run_study."""
     store = StudyStore.open(path)
+    store.require_trust("resume")
     plans = expand(store.spec)
     stored = [t["key"] for t in store.meta.get("trials", [])]
     if not store.spec["sweep"].get("optuna") and stored != [plan.key for plan in plans]:
         raise UserError(f"{str(path)!r}: its trials do not match its spec (was study.json edited, or made by "
                         "another trainlab version?); start a new study instead")
-    with interruptions(store), space_errors(store), store.lock():
-        execute(store, plans, quiet, executor or ExecutorOptions(workers=workers), Extras(list(hooks), list(sinks)))
+    executor = executor or ExecutorOptions(workers=workers)
+    executor = dataclasses.replace(executor, threads=threads_for(store, executor.threads))
+    with interruptions(store), space_errors(store), store.lock(), torch_threads(executor.threads):
+        execute(store, plans, quiet, executor, Extras(list(hooks), list(sinks)))
         finish(store, quiet)
     return store.root
 
