@@ -151,10 +151,10 @@ def test_a_lock_that_is_a_folder_is_one_line(tmp_path, capsys):
 def test_a_full_disk_at_the_start_leaves_no_study(tmp_path, monkeypatch, capsys):
     import trainlab.study.store as store
 
-    def full(path, obj):
+    def full(self, relpath, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "atomic_write_json", full)
+    monkeypatch.setattr(store.StudyStore, "write_bytes", full)
     spec = small_spec()
     spec["output"] = {"root": str(tmp_path / "runs")}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))

@@ -70,6 +70,14 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
+def os_error(exc: OSError) -> str:
+    """'<path>: <why>' (both paths of a rename), or what the error says when it names no path."""
+    # a descriptor number is no path to show (os.fdopen puts one in filename)
+    paths = [os.fsdecode(p) for p in (exc.filename, exc.filename2) if isinstance(p, (str, bytes, os.PathLike))]
+    text = f"{' -> '.join(paths)}: {exc.strerror or exc}" if paths else str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     configure_logging(quiet="--quiet" in argv or "-q" in argv, verbose="--verbose" in argv or "-v" in argv)
@@ -96,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `trainlab validate SPEC | head`: the reader left; end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full disk, an unwritable or read-only place: the path and why, no traceback
+        print(f"trainlab: error: {os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt as stop:
         study = getattr(stop, "study_dir", None)
         why = getattr(stop, "signal_name", "interrupt")

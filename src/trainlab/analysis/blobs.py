@@ -9,6 +9,7 @@ also given in the layout of the original study's `results.json`
 """
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +164,9 @@ def diagnose(path: str | Path, extra: dict | None = None, encoder: str | None = 
 
 
 def finite_or_none(value):
-    """A number JSON can hold (NaN and inf are not JSON), or None."""
-    return value if isinstance(value, (int, float)) and np.isfinite(value) else None
+    """A number JSON can hold (NaN and inf are not JSON), or None. Compared, not np.isfinite:
+    an int past the float range (a damaged record) is not a number numpy takes."""
+    return value if isinstance(value, (int, float)) and abs(value) <= sys.float_info.max else None
 
 
 def results_json(folder: Path, arm: str) -> dict:

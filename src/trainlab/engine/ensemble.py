@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data.samplers import IndexStream
 from ..errors import SpecError
+from ..io import Anchor, anchor_at
 from ..optim import lr_factor
 from .trainer import Trial, derive_seed
 
@@ -50,10 +51,12 @@ def batchable(optimizer: str) -> bool:
 
 
 def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_steps: list[int] | None = None,
-                 out_dir: Path | None = None, method: str = "auto", evaluate: bool = True,
+                 out_dir: Anchor | Path | None = None, method: str = "auto", evaluate: bool = True,
                  progress=None) -> EnsembleResult:
     """Train `runs` copies of the spec's single arm, each with its own seed; with `evaluate`,
-    held-out loss and accuracy of every run before the first and after the last step."""
+    held-out loss and accuracy of every run before the first and after the last step. The
+    recorded weights go to `out_dir`/weights.npy (a study's folder as an io.Anchor), which
+    appears whole when the runs end."""
     if len(spec["arms"]) != 1:
         raise SpecError("arms", "a many-runs ensemble trains exactly one arm")
     arm = spec["arms"][0]
@@ -66,21 +69,31 @@ def run_ensemble(spec: dict, runs: int, seeds: list[int] | None = None, record_s
         method = "vmap" if batchable(arm["optimizer"]) else "loop"
     if method == "vmap" and not batchable(arm["optimizer"]):
         raise SpecError("arms.0.optimizer", f"batched runs support {', '.join(BATCHED_OPTIMIZERS)}; use method 'loop'")
-    weights = None
-    if record_steps:
-        size = sum(p.numel() for p in trial.arms[0].model.parameters())
-        shape = (len(seeds), len(record_steps), size)
-        weights = (np.lib.format.open_memmap(Path(out_dir) / "weights.npy", mode="w+", dtype=np.float64, shape=shape)
-                   if out_dir is not None else np.zeros(shape))
-    runner = batched_runs if method == "vmap" else looped_runs
-    if progress is not None:  # batched runs advance all runs a step at a time; the loop, a run at a time
-        progress.total = trial.total_steps if method == "vmap" else len(seeds)
-        progress.unit = "step" if method == "vmap" else "run"
-    result = runner(trial, arm, seeds, record_steps, weights, progress, evaluate)
-    result.record_steps, result.method = record_steps, method
-    if isinstance(weights, np.memmap):
-        weights.flush()
+    with contextlib.ExitStack() as files:
+        weights = None
+        if record_steps:
+            size = sum(p.numel() for p in trial.arms[0].model.parameters())
+            shape = (len(seeds), len(record_steps), size)
+            weights = np.zeros(shape) if out_dir is None else npy_memmap(
+                files.enter_context((anchor_at(out_dir) / "weights.npy").creating()), shape)
+        runner = batched_runs if method == "vmap" else looped_runs
+        if progress is not None:  # batched runs advance all runs a step at a time; the loop, a run at a time
+            progress.total = trial.total_steps if method == "vmap" else len(seeds)
+            progress.unit = "step" if method == "vmap" else "run"
+        result = runner(trial, arm, seeds, record_steps, weights, progress, evaluate)
+        result.record_steps, result.method = record_steps, method
+        if isinstance(weights, np.memmap):
+            weights.flush()
     return result
+
+
+def npy_memmap(fh, shape: tuple) -> np.memmap:
+    """A float64 .npy array of `shape` in the new, empty file `fh`, mapped to memory (larger
+    than memory is fine: the OS pages it out), as np.lib.format.open_memmap makes one."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(fh, header)
+    fh.flush()
+    return np.memmap(fh, dtype=np.float64, mode="r+", offset=fh.tell(), shape=shape)
 
 
 # ---------------------------------------------------------------- the plain loop

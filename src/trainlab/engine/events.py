@@ -3,12 +3,11 @@ The built-in one here saves checkpoints; the fault event lives with the faults."
 
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from ..options import Strict
 from ..plugin import register_event
-from .hooks import Hook, steps_every
+from .hooks import Hook, Steps, steps_every
 
 
 class CheckpointOptions(Strict):
@@ -36,9 +35,9 @@ class Checkpoint(Hook):
 
     def on_start(self, trial) -> None:
         every = steps_every(trial, self.options["every"]) if self.options["every"] is not None else None
-        self.steps = set(self.options["steps"])
+        self.steps = Steps(self.options["steps"])
         if every:
-            self.steps |= set(range(0, trial.total_steps + 1, every))
+            self.steps.update(range(0, trial.total_steps + 1, every))
         if self.options["final"]:
             self.steps.add(trial.total_steps)
         if 0 in self.steps:
@@ -50,16 +49,14 @@ class Checkpoint(Hook):
             self.save(trial, arm, step)
 
     def save(self, trial, arm, step: int) -> None:
-        if trial.artifact_dir is None:
+        if trial.artifacts is None:
             return
-        folder = trial.artifact_dir / "checkpoints" / f"step_{step:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
         state = {"model": arm.model.state_dict(), "step": step, "arm": arm.name}
         if self.optimizer:
             state["optimizer"] = arm.optimizer.state_dict()
-        tmp = folder / f".{arm.name}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / f"{arm.name}.pt")
+        # through the trial's anchor: a checkpoints/ or step_N/ that is a link is refused, not followed
+        (trial.artifacts / "checkpoints" / f"step_{step:06d}" / f"{arm.name}.pt").save_torch(state)
 
 
-register_event("checkpoint", Checkpoint, Options=CheckpointOptions, doc="save weights at chosen steps")
+register_event("checkpoint", Checkpoint, Options=CheckpointOptions, doc="save weights at chosen steps",
+               step_fields=("steps",))

@@ -20,12 +20,13 @@ from torch import nn
 from ..data.batches import rows, split, to_device
 from ..data.samplers import FixedIndices, GeneratedStream, IndexStream
 from ..errors import SpecError, UserError, user_code
+from ..io import Anchor, anchor_at
 from ..optim import build_optimizer, lr_factor, set_lr_factor
 from ..models.outputs import forward
 from ..plugin import Registries, registries as process_registries
 from ..tasks import IGNORE, perplexity
 from ..tasks.loading import DatasetBatches, materialise
-from .hooks import ROLLBACK, SKIP, STEP
+from .hooks import ROLLBACK, SKIP, STEP, Steps
 from .private import PrivateArm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -102,18 +103,27 @@ class Inspection:
     parameter_shapes: dict
 
 
+def planned_steps(plan: dict, steps_per_epoch: int) -> int:
+    """The number of updates a plan makes: plan.steps, or its epochs rounded up to whole steps."""
+    return plan["steps"] or math.ceil(plan["epochs"] * steps_per_epoch)
+
+
 class Trial:
-    def __init__(self, spec: dict, sink=None, artifact_dir: Path | None = None, progress=None, hooks=(),
+    def __init__(self, spec: dict, sink=None, artifact_dir: Anchor | Path | None = None, progress=None, hooks=(),
                  registries: Registries | None = None, study_root: Path | None = None):
         """`spec` is resolved (load_spec); `hooks` are Hooks added after the spec's events and
         probes; `registries` default to this process's, with the spec's plugins loaded;
-        `study_root` resolves a `plan.init_from` of the form `study:<path in the study>`."""
+        `study_root` resolves a `plan.init_from` of the form `study:<path in the study>`.
+        `artifact_dir` is where hooks write (checkpoints, a fault's record): a study gives its
+        trial's folder as an io.Anchor, checked from the study root at every write; a plain
+        folder is anchored at itself. Hooks write through `trial.artifacts`."""
         self.study_root = study_root
         self.stop_requested = False  # a hook may end training after this step (it is evaluated, then the trial ends)
         self.setup(spec, registries)
         plugins = self.registries
         self.sink = sink
-        self.artifact_dir = artifact_dir
+        self.artifacts = None if artifact_dir is None else anchor_at(artifact_dir)
+        self.artifact_dir = None if self.artifacts is None else self.artifacts.path  # to read from
         self.progress = progress
         initial = self.initial_model()
         self.arms = [self._make_arm(arm, initial) for arm in spec["arms"]]
@@ -124,7 +134,7 @@ class Trial:
         self.forward_seed = derive_seed(self.seed, "forward", 0)
         self.step_batch: tuple | None = None
         self.last_probes: dict[str, dict] = {}
-        self.eval_steps: set[int] = set()  # extra evaluations hooks ask for (e.g. around a fault)
+        self.eval_steps = Steps()  # extra evaluations hooks ask for (e.g. around a fault); ranges stay lazy
         self.notes: list[str] = list(self.data.notes)  # substitutions the report states in its first lines
         for arm in self.arms:
             for note in (getattr(arm.optimizer, "split", None) or {}).get("notes", []):
@@ -169,7 +179,7 @@ class Trial:
             except ValueError as exc:
                 raise SpecError("plan.batch_size", str(exc)) from None
         self.x_test, self.y_test = self._to_device(self.data.x_test, self.data.y_test)
-        self.total_steps = self.plan["steps"] or math.ceil(self.plan["epochs"] * self.stream.steps_per_epoch)
+        self.total_steps = planned_steps(self.plan, self.stream.steps_per_epoch)
 
     # ------------------------------------------------------------ set-up
 

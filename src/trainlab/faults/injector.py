@@ -16,7 +16,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..engine.hooks import Hook
 from ..errors import SpecError
-from ..io import atomic_write_json
 from ..options import Strict
 from ..plugin import REGISTRIES, register_event
 from .models import Fault, FaultModel
@@ -187,15 +186,15 @@ class FaultInjector(Hook):
                 for arm, record in self.records.items()}
 
     def on_end(self, trial):
-        if trial.artifact_dir is None:
+        if trial.artifacts is None:
             return
-        trial.artifact_dir.mkdir(parents=True, exist_ok=True)
         config = {**{k: v for k, v in self.o.items() if k != "kind"}, "seed": trial.seed,
                   "dtype": trial.plan["dtype"], "arms": self.realised()}
-        atomic_write_json(trial.artifact_dir / "injection_config.json", config)
+        (trial.artifacts / "injection_config.json").write_json(config)
         if self.batch is not None:
-            np.savez(trial.artifact_dir / "injection_batch.npz",
-                     **{k: v.detach().cpu().numpy() for k, v in self.batch.items()})
+            arrays = {k: v.detach().cpu().numpy() for k, v in self.batch.items()}
+            (trial.artifacts / "injection_batch.npz").write_with(lambda fh: np.savez(fh, **arrays))
 
 
-register_event("fault", FaultInjector, Options=FaultOptions, doc="inject one fault into every arm at one site and step")
+register_event("fault", FaultInjector, Options=FaultOptions, doc="inject one fault into every arm at one site and step",
+               step_fields=("step",))

@@ -18,6 +18,8 @@ export`, or a trial that reruns after a kill) replaces that trial's runs.
 import math
 from pathlib import Path
 
+from ..io import Anchor
+
 SKIP = {"kind", "arm", "step", "trial", "probe", "event", "reason", "time"}
 
 
@@ -82,6 +84,13 @@ class Logger:
 
     def __init__(self, study_root: Path, spec: dict, options: dict):
         self.root, self.spec, self.options = Path(study_root), spec, options
+
+    def place(self, folder: Path | str = "") -> Anchor:
+        """`folder` (relative to the study, or one of its paths) as a place to write in, checked
+        from the study root: the tracker's folders are made through no link before its library
+        writes into them, and removed without following any."""
+        folder = Path(folder)  # a folder outside the study is refused (io.UnsafePath), never written
+        return Anchor(self.root) / (folder.relative_to(self.root) if folder.is_relative_to(self.root) else folder)
 
     def prepare(self) -> None:
         pass

@@ -9,7 +9,7 @@ metrics by step; the parent run gets the report and its figures as artifacts."""
 import time
 from pathlib import Path
 
-from ..io import atomic_write_json, read_json
+from ..io import read_json
 from ..options import Strict
 from ..plugin import register_logger
 from .base import Logger, PerArm, run_name
@@ -77,8 +77,8 @@ class MlflowLogger(Logger):
         known = read_json(self.record) if self.record.exists() else {}
         if known.get("experiment") != experiment or known.get("uri") != self.uri:
             parent = mlflow.create_run(experiment, run_name=self.root.name, tags={"trainlab.study": str(self.root)})
-            self.record.parent.mkdir(exist_ok=True)
-            atomic_write_json(self.record, {"uri": self.uri, "experiment": experiment, "parent": parent.info.run_id})
+            self.place("loggers/mlflow.json").write_json({"uri": self.uri, "experiment": experiment,
+                                                          "parent": parent.info.run_id})
 
     def open_trial(self, index: int, folder: Path, arms: dict[str, dict]) -> PerArm:
         known = read_json(self.record)

@@ -6,7 +6,6 @@ hyperparameters beside its final numbers; the study's report figures and report.
 the run `tensorboard/report`. Writing inside the trial's folder means the files travel with
 the trial in every executor, Ray included."""
 
-import shutil
 from pathlib import Path
 
 from ..plugin import register_logger
@@ -42,15 +41,15 @@ class TensorBoardRun:
 
 class TensorBoardLogger(Logger):
     def open_trial(self, index: int, folder: Path, arms: dict[str, dict]) -> PerArm:
-        logs = Path(folder) / "tensorboard"
-        shutil.rmtree(logs, ignore_errors=True)  # a rerun replaces the trial's runs
-        return PerArm(lambda arm, params: TensorBoardRun(logs / safe(arm), params), arms)
+        logs = self.place(folder) / "tensorboard"
+        logs.remove_tree()  # a rerun replaces the trial's runs
+        return PerArm(lambda arm, params: TensorBoardRun((logs / safe(arm)).mkdir().path, params), arms)
 
     def finish(self, files: list[Path]) -> None:
         import matplotlib.image
-        folder = self.root / "tensorboard" / "report"
-        shutil.rmtree(folder, ignore_errors=True)
-        with writer(folder) as report:
+        folder = self.place("tensorboard/report")
+        folder.remove_tree()
+        with writer(folder.mkdir().path) as report:
             for figure in figures_of(files):
                 image = matplotlib.image.imread(figure)[..., :3]
                 report.add_image(figure.relative_to(self.root).as_posix(), image, 0, dataformats="HWC")

@@ -6,7 +6,6 @@ W&B account directly (after `wandb login`). The run's config is the arm's hyperp
 its history the records by step; its summary the trial's final numbers. The report's figures
 go into a run of their own (`report`)."""
 
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -58,19 +57,19 @@ class WandbLogger(Logger):
         self.folder = self.root  # W&B writes into <folder>/wandb/
 
     def open_trial(self, index: int, folder: Path, arms: dict[str, dict]) -> PerArm:
-        self.folder.mkdir(exist_ok=True)
+        self.place("wandb").mkdir()  # W&B writes below it: no link on the way
         for old in (self.folder / "wandb").glob(f"*/trial-{index:04d}.marker"):  # a rerun replaces the trial's runs
-            shutil.rmtree(old.parent, ignore_errors=True)
+            (self.place("wandb") / old.parent.name).remove_tree()
 
         def open_run(arm: str, params: dict) -> WandbRun:
             run = start(self, run_name(index, arm), params, "trial")
-            (Path(run.dir).parent / f"trial-{index:04d}.marker").touch()
+            (self.place("wandb") / Path(run.dir).parent.name / f"trial-{index:04d}.marker").write_bytes(b"")
             return WandbRun(run)
         return PerArm(open_run, arms)
 
     def finish(self, files: list[Path]) -> None:
         import wandb
-        self.folder.mkdir(exist_ok=True)
+        self.place("wandb").mkdir()
         run = start(self, "report", {"study": str(self.root)}, "report")
         run.log({f.relative_to(self.root).as_posix(): wandb.Image(str(f)) for f in figures_of(files)}, step=0)
         run.finish()

@@ -44,12 +44,40 @@ def records_of(path: Path) -> list[dict]:
         stat = path.stat()
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        return read_jsonl(path)  # a trial folder that is a file: the reader names it, in one line
     key = (stat.st_mtime_ns, stat.st_size)
     cached = _cache.get(path)
     if cached is None or cached[0] != key:
         cached = (key, read_jsonl(path))
         _cache[path] = cached
     return cached[1]
+
+
+def recorded_metrics(root: str | Path) -> list[str]:
+    """The names a panel can draw: each numeric field of the arms' records written so far."""
+    names = set()
+    for _, folder in trial_dirs(root):
+        for r in records_of(folder / "metrics.jsonl"):
+            if isinstance(r.get("arm"), str) and isinstance(r.get("step"), int) and not isinstance(r["step"], bool):
+                names.update(k for k, v in r.items() if k != "step" and is_number(v))
+    return sorted(names)
+
+
+def is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def check_metrics(root: str | Path, metrics: list[str] | None) -> None:
+    """Each `--metrics` name must be one the study records, else its panel stays empty. Until
+    a trial has finished, a name not seen yet may still come (a probe's first record), so
+    only a study with a finished trial is checked."""
+    if not metrics or not any((folder / "summary.json").exists() for _, folder in trial_dirs(root)):
+        return
+    recorded = recorded_metrics(root)
+    for name in metrics:
+        if name not in recorded:
+            raise UserError(f"--metrics: {name!r} is not recorded by this study (recorded: {', '.join(recorded) or 'none'})")
 
 
 def status_of(folder: Path, records: list[dict], arm: str, stale_after: float) -> str:
@@ -90,21 +118,31 @@ def collect(root: str | Path, metrics: list[str] | None = None, stale_after: flo
                        for m in metrics}}
 
 
+# Past this a value is a loss that blew up, not a point to read off: matplotlib's axis margins
+# around it (on a log axis, decades of them) overflow the float range and the figure fails.
+LARGEST_DRAWN = 1e200
+
+
 def lines_for(records: list[dict], metric: str) -> dict[str, list]:
     """[step, value] per line; a record that has the metric but no drawable value (None, NaN,
     infinity) gives [step, None]: a gap."""
     lines: dict[str, list] = {}
     for r in records:
-        if metric not in r or not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
+        if metric not in r or not is_step(r.get("step")):
             continue
         value = r[metric]
         if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
             continue
-        drawable = value is not None and math.isfinite(value)
+        drawable = value is not None and abs(value) <= LARGEST_DRAWN  # NaN and inf compare false; a big int stays exact
         kind = r.get("kind")
         line = {"train": "train", "eval": "held-out"}.get(kind, r.get("probe", kind))
         lines.setdefault(str(line), []).append([r["step"], value if drawable else None])
     return lines
+
+
+def is_step(step) -> bool:
+    """A step a figure can place: a count below 2**63 (a longer int would not convert to float)."""
+    return isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 2**63
 
 
 def seed_groups(root: str | Path) -> dict[str, str]:
@@ -138,14 +176,20 @@ def bands(runs: list[dict], metric: str) -> list[dict]:
         points = []
         for step in sorted(set.intersection(*(set(m) for m in members))):
             values = [m[step] for m in members]
-            if any(v is None for v in values):
-                points.append([step, None, None])
-            else:
-                mean = sum(values) / len(values)
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-                points.append([step, mean, std])
+            points.append([step, *mean_std(values)])
         out.append({"name": group, "line": line, "seeds": len(members), "points": points})
     return out
+
+
+def mean_std(values: list) -> tuple:
+    """Mean and sample std of the seeds' values; (None, None), a gap, when a seed has none or
+    they are too large to add up (near the float maximum: a loss that blew up)."""
+    if any(v is None for v in values):
+        return None, None
+    mean = sum(values) / len(values)
+    spread = sum((v - mean) * (v - mean) for v in values)  # `**` would raise OverflowError, `*` gives inf
+    std = math.sqrt(spread / (len(values) - 1))
+    return (mean, std) if math.isfinite(mean) and math.isfinite(std) else (None, None)
 
 
 def scale_of(values: list) -> str:

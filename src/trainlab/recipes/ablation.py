@@ -18,8 +18,8 @@ import pandas as pd
 from ..analysis.sweep import sweep_frame
 from ..analysis.tables import load, load_summaries
 from ..errors import UserError
+from ..io import read_json, read_text
 from ..report.markdown import build_report
-from ..io import atomic_write_json, atomic_write_text
 from ..plugin import register_command, register_report
 from ..report.plotting import pyplot, save_figure
 from ..study import resume_study, run_study
@@ -64,10 +64,10 @@ def build_ablation_report(study_dir) -> Path:
                "final_test_perplexity", "best_test_accuracy", "diverged", "train_time_s", "threads"]
     results = rows[[c for c in columns if c in rows]]
     records = json.loads(results.to_json(orient="records"))
-    atomic_write_json(store.root / "final_results.json", records)
-    analysis = json.loads((store.root / "analysis.json").read_text()) if (store.root / "analysis.json").exists() else {}
+    store.write_json("final_results.json", records)
+    analysis = read_json(store.root / "analysis.json") if (store.root / "analysis.json").exists() else {}
     ranked = results.sort_values("final_test_loss")
-    atomic_write_json(store.root / "comprehensive_report.json", {
+    store.write_json("comprehensive_report.json", {
         "study": store.root.name, "trials": len(store.meta["trials"]), "finished": int(len(results)),
         "grid": {names.get(k, k): v for k, v in store.spec["sweep"]["grid"].items()},
         "max_trials": store.spec["sweep"]["max_trials"], "task": store.spec["task"], "plan": store.spec["plan"],
@@ -78,11 +78,11 @@ def build_ablation_report(study_dir) -> Path:
         "timing": {"threads": sorted({int(t) for t in results.get("threads", pd.Series(dtype=float)).dropna()}),
                    "train_time_s": {"mean": float(results["train_time_s"].mean()), "max": float(results["train_time_s"].max())}
                    if "train_time_s" in results else None}})
-    atomic_write_json(store.root / "config.json", {"grid": {names.get(k, k): v for k, v in store.spec["sweep"]["grid"].items()},
-                                                   "max_trials": store.spec["sweep"]["max_trials"],
-                                                   "task": store.spec["task"], "plan": store.spec["plan"],
-                                                   "arm": store.spec["arms"][0]})
-    figures = store.root / "figures"
+    store.write_json("config.json", {"grid": {names.get(k, k): v for k, v in store.spec["sweep"]["grid"].items()},
+                                     "max_trials": store.spec["sweep"]["max_trials"],
+                                     "task": store.spec["task"], "plan": store.spec["plan"],
+                                     "arm": store.spec["arms"][0]})
+    figures = store.place("figures")
     fig, (dist, heat, top) = plt.subplots(1, 3, figsize=(18, 4.8))
     loss = rows["final_test_loss"].dropna()
     dist.hist(loss, bins=min(30, max(5, len(loss))), color="tab:blue")
@@ -108,7 +108,7 @@ def build_ablation_report(study_dir) -> Path:
     timing = ("Train times were measured with " + (f"{threads[0]} torch thread(s) in every trial." if len(threads) == 1
               else f"different thread counts ({', '.join(map(str, threads))}) across trials: compare them only "
                    "within one count (`threads` in final_results.json).")) if threads else ""
-    return atomic_write_text(report, report.read_text(encoding="utf-8") + (
+    return store.write_text("report.md", read_text(report) + (
         "\n## Ablation figures\n\nPerformance distribution, rank correlations between the hyperparameters "
         "and the held-out loss, and the ten best configurations.\n\n![ablation](figures/ablation.png)\n\n"
         "Held-out loss over training of the best, the median and the worst configuration (each its own line; "
@@ -117,7 +117,7 @@ def build_ablation_report(study_dir) -> Path:
         "the configuration: `config.json`; statistics: `analysis.json`.\n"))
 
 
-def configuration_curves(store: StudyStore, ranked: pd.DataFrame, short: list[str], path: Path) -> None:
+def configuration_curves(store: StudyStore, ranked: pd.DataFrame, short: list[str], path) -> None:
     """Held-out loss curves of the best, median and worst trial, labelled by their settings."""
     plt = pyplot()
     metrics = load(store.root)

@@ -42,7 +42,7 @@ from torch import nn
 from ..data.mnist import load_mnist
 from ..data.paths import find_data_file
 from ..errors import UserError, check_known
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..io import Anchor, anchor_at, read_json, read_text
 from ..models.zoo import MODEL_NAMES, zoo_model
 from ..options import Strict
 from ..plugin import register_command, register_job, register_report
@@ -194,7 +194,7 @@ def shard(model: nn.Module, mesh) -> None:
 
 
 def sharded_rank(rank: int, world: int, options: dict, seed: int, C: float, sigma: float, lr: float,
-                 folder: str, backend: str) -> None:
+                 folder: Anchor, backend: str) -> None:
     """One rank: the same model and batches as the reference, its contiguous share of every
     batch, the model sharded; rank 0 writes what the comparison needs (gathered)."""
     import torch.distributed as dist
@@ -203,7 +203,7 @@ def sharded_rank(rank: int, world: int, options: dict, seed: int, C: float, sigm
     o = SuiteOptions(**options)
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the ranks share the machine's cores
     device = torch.device("cpu")
-    store = dist.FileStore(str(Path(folder) / "rendezvous"), world)  # a path, so a relative study root works
+    store = dist.FileStore(str(folder.path / "rendezvous"), world)  # a path, so a relative study root works
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     try:
         dtype = DTYPES[o.dtype]
@@ -237,7 +237,7 @@ def sharded_rank(rank: int, world: int, options: dict, seed: int, C: float, sigm
             optimizer.step()
         weights = torch.cat([whole(p.detach()).reshape(-1) for p in model.parameters()]).cpu()
         if rank == 0:
-            torch.save({"log": log, "gradients": torch.stack(gradients), "weights": weights}, f"{folder}/sharded.pt")
+            (folder / "sharded.pt").save_torch({"log": log, "gradients": torch.stack(gradients), "weights": weights})
         dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
@@ -249,21 +249,22 @@ def sharded_rank(rank: int, world: int, options: dict, seed: int, C: float, sigm
     os._exit(0)
 
 
-def run_mode_sharded(o: "SuiteOptions", seed: int, C: float, sigma: float, lr: float, folder: Path, sink=None) -> dict:
+def run_mode_sharded(o: "SuiteOptions", seed: int, C: float, sigma: float, lr: float, folder: Anchor | Path,
+                     sink=None) -> dict:
     """`o.mode` over o.fsdp CPU processes talking over gloo, each with its share of every batch;
     the gathered result in run_mode's form. (The suite and its reference run on the CPU: the
     regime-B noise is drawn from a CPU generator, which a GPU rank would not reproduce.)"""
     import torch.multiprocessing as mp
 
     backend = "gloo"
-    folder = Path(folder).resolve()
-    for stale in ("rendezvous", "sharded.pt"):  # a killed earlier attempt's files
-        (folder / stale).unlink(missing_ok=True)
+    folder = anchor_at(folder)
+    for stale in ("rendezvous", "sharded.pt"):  # a killed earlier attempt's files (or links planted there)
+        (folder / stale).unlink()
     options = o.model_dump()
-    mp.spawn(sharded_rank, args=(o.fsdp, options, seed, C, sigma, lr, str(folder), backend), nprocs=o.fsdp, join=True)
-    run = torch.load(folder / "sharded.pt", weights_only=True)
+    mp.spawn(sharded_rank, args=(o.fsdp, options, seed, C, sigma, lr, folder, backend), nprocs=o.fsdp, join=True)
+    run = torch.load(folder.path / "sharded.pt", weights_only=True)
     for name in ("rendezvous", "sharded.pt"):
-        (folder / name).unlink(missing_ok=True)
+        (folder / name).unlink()
     run["log"]["backend"] = backend
     if sink is not None:
         for step, (loss, norm) in enumerate(zip(run["log"]["loss"], run["log"]["grad_norm"])):
@@ -318,13 +319,14 @@ class SuiteJob:
     @staticmethod
     def run(spec: dict, context) -> dict:
         o, seed = SuiteOptions(**{k: v for k, v in spec["job"].items() if k not in ("kind", "after")}), spec["seed"]
+        place = context.place or anchor_at(context.folder)  # the trial's files, written inside the study only
         dtype = DTYPES[o.dtype]
         problem = build_problem(o.model, o.steps, o.batch, o.seq, seed)
         torch.manual_seed(seed)
         init = {k: v.to(dtype) for k, v in problem.make().state_dict().items()}
         C, sigma, lr = (median_norm(problem, init, dtype), 0.0, o.lr) if o.regime == "A" else (1e4, 0.01, o.lr_b)
         if o.fsdp and o.mode != "per_sample":
-            run = run_mode_sharded(o, seed, C, sigma, lr, context.folder, context.sink)
+            run = run_mode_sharded(o, seed, C, sigma, lr, place, context.sink)
         else:
             run = run_mode(problem, o.mode, init, dtype, C, sigma, seed, lr, context.sink)
         record = {"model": o.model, "regime": o.regime, "mode": o.mode, "C": C, "sigma": sigma, "dtype": o.dtype,
@@ -338,11 +340,11 @@ class SuiteJob:
             record["comparison"] = compare(run, reference, THRESHOLDS[dtype], with_norms=not regime_b_plain)
             record["compared_as"] = "no_dp+noise" if regime_b_plain else o.mode
         else:
-            torch.save({"gradients": run["gradients"], "weights": run["weights"],
-                        "log": {"loss": run["log"]["loss"], "per_sample_norms": run["log"]["per_sample_norms"]}},
-                       context.folder / "tensors.pt")
+            (place / "tensors.pt").save_torch({
+                "gradients": run["gradients"], "weights": run["weights"],
+                "log": {"loss": run["log"]["loss"], "per_sample_norms": run["log"]["per_sample_norms"]}})
         record["backend"] = run["log"].get("backend")
-        atomic_write_json(context.folder / "run.json", {**record, **run["log"]})
+        (place / "run.json").write_json({**record, **run["log"]})
         return record
 
 
@@ -410,10 +412,10 @@ def build_suite_report(study_dir) -> Path:
                "per_mode": [{**{k: r[k] for k in ("model", "regime", "mode", "final_loss", "mean_grad_norm")},
                              "processes": r.get("processes", 1), "backend": r.get("backend")} for r in runs],
                "passed": len(runs) == expected and all(r["pass"] for r in rows)}
-    atomic_write_json(store.root / "summary.json", summary)
-    figures(store.root, runs)
+    store.write_json("summary.json", summary)
+    figures(store.place("figures"), runs)
     sources = {r["model"]: r["data"] for r in runs}
-    return atomic_write_text(store.root / "summary.md", summary_markdown(summary, sources))
+    return store.write_text("summary.md", summary_markdown(summary, sources))
 
 
 def summary_markdown(summary: dict, sources: dict) -> str:
@@ -446,11 +448,10 @@ def summary_markdown(summary: dict, sources: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(root: Path, runs: list[dict]) -> None:
+def figures(folder: Anchor, runs: list[dict]) -> None:
     """Per model and regime: loss and gradient norm per step by mode, and each mode's final loss
     as its difference from the reference's, on a log scale (differences of 1e-16 are visible)."""
     plt = pyplot()
-    (root / "figures").mkdir(exist_ok=True)
     for model in dict.fromkeys(r["model"] for r in runs):
         regimes = {regime: [r for r in runs if r["model"] == model and r["regime"] == regime] for regime in ("A", "B")}
         regimes = {k: v for k, v in regimes.items() if v}
@@ -471,7 +472,7 @@ def figures(root: Path, runs: list[dict]) -> None:
             row[2].tick_params(axis="x", rotation=30)
             row[0].legend(fontsize=8)
         fig.tight_layout()
-        save_figure(fig, root / "figures" / f"{model}.png", dpi=90)
+        save_figure(fig, folder / f"{model}.png", dpi=90)
         plt.close(fig)
 
 
@@ -502,7 +503,7 @@ def arguments(parser) -> None:
 def run_command(args) -> int:
     root = run_suite(args.model, args.modes, args.steps, args.seed, args.dtype, args.batch_size, args.seq_len,
                      output_root=args.output_root, quiet=args.quiet, executor=executor_of(args), fsdp=args.fsdp)
-    summary = (root / "summary.md" if (root / "summary.md").exists() else build_suite_report(root)).read_text()
+    summary = read_text(root / "summary.md" if (root / "summary.md").exists() else build_suite_report(root))
     print(summary)
     print(root)
     return 0 if "# DP consistency: PASS" in summary else 1

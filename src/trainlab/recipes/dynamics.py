@@ -27,14 +27,11 @@ is refused, or with --force the stages it touches are replaced whole.
 import contextlib
 import json
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field, ValidationError, model_validator
 
 from ..curvature import HessianOperator, exact_hessian, top_eigenpairs
@@ -42,7 +39,7 @@ from ..curvature.hessian import has_batchnorm
 from ..engine import Hook, Trial
 from ..engine.ensemble import flat_params, run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
-from ..io import atomic_write_json
+from ..io import Anchor, anchor_at, atomic_write_json, read_json
 from ..options import Strict
 from ..plugin import register_command, register_job
 from ..spec import load_spec, parse_set, set_path
@@ -196,13 +193,13 @@ def stage_settings(s: DynamicsSetup, stage: int) -> dict:
     return {name: values[name] for k in (*BEFORE[stage], stage) for name in STAGE_FIELDS[k]}
 
 
-def run_trial(spec: dict, folder: Path, sink, progress=None, hooks=()) -> tuple[Trial, dict]:
+def run_trial(spec: dict, folder: Anchor | Path, sink, progress=None, hooks=()) -> tuple[Trial, dict]:
     """Train a stage's trial into its folder; its final weights (and buffers) in checkpoint.pt."""
     trial = Trial(spec, sink=sink, progress=progress, hooks=list(hooks))
     if progress is not None:
         progress.total = trial.total_steps
     summary = trial.run()
-    torch.save(trial.arms[0].model.state_dict(), folder / "checkpoint.pt")
+    (anchor_at(folder) / "checkpoint.pt").save_torch(trial.arms[0].model.state_dict())
     return trial, summary
 
 
@@ -247,7 +244,7 @@ class DynamicsStage:
         s, stage, lr = DynamicsSetup.model_validate(job["setup"]), job["stage"], job["lr"]
         start = next(iter(context.inputs.values()), None)  # the folder of the stage this one continues
         init = start / "checkpoint.pt" if start is not None else None
-        folder = context.folder
+        folder = context.place or anchor_at(context.folder)  # written through: nothing planted takes it elsewhere
         bar = context.progress
         if stage == 1:
             _, summary = run_trial(trial_spec(s, "sgd", s.stage1_lr, epochs=s.stage1_epochs,
@@ -266,22 +263,24 @@ class DynamicsStage:
                                    context.sink, bar)
             summary = {**summary, "gd_lr": scaled, "scaling": s.gd_scaling}
         # written last: a stage is compared with a rerun's settings only once it has finished
-        atomic_write_json(folder / "stage.json", {"stage": stage, "name": STAGES[stage], "lr": lr,
-                                                  "settings": stage_settings(s, stage)})
+        (folder / "stage.json").write_json({"stage": stage, "name": STAGES[stage], "lr": lr,
+                                            "settings": stage_settings(s, stage)})
         if not context.quiet:
             log.info(f"dynamics stage {stage} ({STAGES[stage]}{f', lr {lr:g}' if lr else ''}) done")
         return {"stage": stage, "name": STAGES[stage], "lr": lr, **summary}
 
 
-def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink, progress=None) -> dict:
+def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Anchor | Path, sink, progress=None) -> dict:
+    folder = anchor_at(folder)
     hook = HessianTrajectory(s.hessian_top, s.hessian_method)
     trial, summary = run_trial(trial_spec(s, "sgd", lr, steps=s.hessian_steps, init_from=init), folder, sink,
                                progress, hooks=[hook])
     model = trial.arms[0].model
-    np.savez(folder / "trajectory.npz", params=np.stack([*hook.params, flat_params(model)]),
-             eigenvalues=np.stack(hook.eigenvalues), lr=lr)
+    trajectory = {"params": np.stack([*hook.params, flat_params(model)]), "eigenvalues": np.stack(hook.eigenvalues),
+                  "lr": lr}
+    (folder / "trajectory.npz").write_with(lambda fh: np.savez(fh, **trajectory))
     batchnorm = "eval (running statistics)" if has_batchnorm(model) else "none"
-    atomic_write_json(folder / "trajectory.json", {
+    (folder / "trajectory.json").write_json({
         "lr": lr, "method": s.hessian_method, "top": s.hessian_top, "batchnorm": batchnorm,
         "notes": [*hook.notes, *trial.notes], "hessian_vector_products": hook.products})
     return {**summary, "top_eigenvalue_first": float(hook.eigenvalues[0][0]),
@@ -289,14 +288,15 @@ def hessian_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, sink, p
             "batchnorm": batchnorm}
 
 
-def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Path, progress=None) -> dict:
+def ensemble_stage(s: DynamicsSetup, lr: float, init: Path, folder: Anchor | Path, progress=None) -> dict:
+    folder = anchor_at(folder)
     spec = trial_spec(s, "sgd", lr, steps=s.run_steps, init_from=init)
     steps = sorted({*s.trajectory_steps, s.run_steps})
     result = run_ensemble(spec, s.runs, record_steps=steps, out_dir=folder, progress=progress)
-    np.save(folder / "losses.npy", result.losses)
+    (folder / "losses.npy").write_with(lambda fh: np.save(fh, result.losses))
     if result.buffers:  # BatchNorm running statistics of every run after its last step
-        np.savez(folder / "buffers.npz", **result.buffers)
-    atomic_write_json(folder / "runs.json", {
+        (folder / "buffers.npz").write_with(lambda fh: np.savez(fh, **result.buffers))
+    (folder / "runs.json").write_json({
         "lr": lr, "seeds": result.seeds, "method": result.method, "sampler": s.sampler, "record_steps": steps,
         "buffers": sorted(result.buffers),
         "first": {k: v.tolist() for k, v in result.eval_first.items()},
@@ -385,11 +385,11 @@ def redo(store: StudyStore, stages: list[int]) -> None:
     """Remove the outputs of `stages`, and of the stages that start from them, whole: the resume
     that follows runs them again from scratch, never mixing old files with new."""
     again = set(stages) | {d for stage in stages for d in DEPENDENTS[stage]}
-    folders = [store.trial_dir(t["index"]) for t in store.meta.get("trials", []) if t["overrides"]["job.stage"] in again]
+    folders = [store.trial_place(t["index"]) for t in store.meta.get("trials", []) if t["overrides"]["job.stage"] in again]
     for folder in folders:  # unfinished first, all of them: a kill midway never leaves a stage on a removed one
-        (folder / "summary.json").unlink(missing_ok=True)
+        (folder / "summary.json").unlink()
     for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        folder.remove_tree()  # links inside are removed, never followed
 
 
 def stored_stages(store: StudyStore) -> dict:
@@ -400,7 +400,7 @@ def stored_stages(store: StudyStore) -> dict:
         if not store.finished_index(trial["index"]):
             continue
         try:
-            record = json.loads((folder / "stage.json").read_text())
+            record = read_json(folder / "stage.json")
         except (OSError, ValueError):
             record = {}  # finished, but its settings unknown: it counts as changed
         settings = record.get("settings") if isinstance(record, dict) else None
@@ -493,9 +493,8 @@ def respec(store: StudyStore, spec: dict, keep: dict) -> None:
     plans = {(p.overrides["job.stage"], p.overrides["job.lr"]): p for p in expand(spec)}
     meta = {**store.meta, "spec": spec, "trials": [p.describe() for p in plans.values()]}
     moves = [[str(folder.relative_to(store.root)), plans[key].index] for key, folder in keep.items()]
-    if (store.root / ".respec").exists():  # a leftover must never stand in for a stage
-        shutil.rmtree(store.root / ".respec")
-    atomic_write_json(store.root / JOURNAL, {"phase": "staging", "meta": meta, "moves": moves})
+    store.place(".respec").remove_tree()  # a leftover must never stand in for a stage
+    store.write_json(JOURNAL, {"phase": "staging", "meta": meta, "moves": moves})
     finish_respec(store)
 
 
@@ -504,37 +503,34 @@ def finish_respec(store: StudyStore) -> None:
     journal_path = store.root / JOURNAL
     if not journal_path.exists():
         return
-    journal = json.loads(journal_path.read_text())
-    staging = store.root / ".respec"
+    journal = read_json(journal_path)
+    staging = store.place(".respec")  # every move and removal below stays inside the study, through no link
     target = StudyStore(store.root, journal["meta"])
     if journal["phase"] == "staging":
-        staging.mkdir(exist_ok=True)
+        staging.mkdir()
         plans = {plan.index: plan for plan in expand(journal["meta"]["spec"])}
         for old, index in journal["moves"]:
             staged = staging / str(index)
-            if (store.root / old).exists() and not staged.exists():
-                os.replace(store.root / old, staged)
-            if (staged / "summary.json").exists():  # re-keyed while staged: never placed with an old key
+            if store.place(old).path.exists() and not staged.path.exists():
+                store.place(old).move_to(staged)
+            if (staged.path / "summary.json").exists():  # re-keyed while staged: never placed with an old key
                 plan = plans[index]
-                summary = json.loads((staged / "summary.json").read_text())
-                atomic_write_json(staged / "config.json", {**plan.describe(), "spec": plan.spec})
-                atomic_write_json(staged / "summary.json", {**summary, "index": index, "key": plan.key})
-        for entry in (store.root / "stages").glob("*"):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        atomic_write_json(store.root / "study.json", journal["meta"])
+                summary = read_json(staged.path / "summary.json")
+                (staged / "config.json").write_json({**plan.describe(), "spec": plan.spec})
+                (staged / "summary.json").write_json({**summary, "index": index, "key": plan.key})
+        for name in store.place("stages").names():
+            (store.place("stages") / name).remove_tree()
+        store.save_meta(journal["meta"])  # signed, as every study.json trainlab writes
         journal["phase"] = "placing"
-        atomic_write_json(journal_path, journal)
+        store.write_json(JOURNAL, journal)
     for _, index in journal["moves"]:
-        staged, place = staging / str(index), target.trial_dir(index)
-        if staged.exists():
-            if place.exists():  # while a stage waits staged, its place holds only a refused attempt
-                shutil.rmtree(place)
-            place.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, place)
+        staged, place = staging / str(index), target.trial_place(index)
+        if staged.path.exists():
+            place.remove_tree()  # while a stage waits staged, its place holds only a refused attempt
+            staged.move_to(place)
     store.meta = journal["meta"]
-    if staging.exists():
-        shutil.rmtree(staging)
-    journal_path.unlink()
+    staging.remove_tree()
+    store.place(JOURNAL).unlink()
 
 
 register_command("dynamics", Command("SGD vs GD dynamics: six stages per setup (docs/dynamics.md)", arguments,

@@ -3,7 +3,6 @@ per stage (SGD then GD loss, top Hessian eigenvalues, the runs' spread over step
 
 Everything is read from the stages' stored outputs, so `trainlab report DIR` rebuilds it."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from ..curvature.hessian import has_batchnorm
 from ..data.batches import rows
 from ..engine import Trial
-from ..io import atomic_write_json, atomic_write_text, read_jsonl
+from ..io import Anchor, plain_file, read_json, read_jsonl
 from ..models.outputs import forward
 from ..plugin import register_report
 from ..report.plotting import pyplot, save_figure
@@ -30,8 +29,7 @@ def build_dynamics_report(study_dir) -> Path:
     pending_rewrite(store)
     s = stored_setup(store)
     stages = {key: folder for key, (folder, _) in stored_stages(store).items()}
-    folder = store.root / "val_loss"
-    folder.mkdir(exist_ok=True)
+    folder = store.place("val_loss").mkdir()
     done = sorted(stages, key=lambda key: (key[0], key[1] or 0))
     lines = [f"# SGD vs GD dynamics: experiment {s.experiment}, setup {s.setup}", "",
              f"- task `{s.task['name']}`, trained on {s.train_data}, validated on {s.val_data}; sampler {s.sampler} "
@@ -39,7 +37,7 @@ def build_dynamics_report(study_dir) -> Path:
              "- stages finished: " + (", ".join(STAGES[k] + (f" lr {lr:g}" if lr else "") for k, lr in done) or "none"),
              ""]
     if (2, None) in stages:  # where every run of stages 3-5 starts
-        arm = json.loads((stages[2, None] / "summary.json").read_text()).get("arms", {}).get("gd", {})
+        arm = read_json(stages[2, None] / "summary.json").get("arms", {}).get("gd", {})
         lines[-1:-1] = [f"- the runs start where GD (stage 2) ended: held-out loss {fmt(arm.get('final_test_loss'), 6)}, "
                         f"accuracy {fmt(arm.get('final_test_accuracy'))}"]
     figures, drawn = figure_lines(s, stages, folder)
@@ -48,10 +46,10 @@ def build_dynamics_report(study_dir) -> Path:
     if not lrs:
         lines += ["The many-run stage has not finished: no validation-loss distribution yet.", ""]
         remove_stale(folder, drawn)
-        return atomic_write_text(store.root / "report.md", "\n".join(lines))
+        return store.write_text("report.md", "\n".join(lines))
     frame, summary = spread_summary(s, stages, lrs)
-    atomic_write_text(folder / "val_loss.csv", frame.to_csv(index=False))
-    atomic_write_json(folder / "summary.json", summary)
+    (folder / "val_loss.csv").write_text(frame.to_csv(index=False))
+    (folder / "summary.json").write_json(summary)
     histograms(frame, summary, lrs, folder / "histograms.png")
     remove_stale(folder, drawn | {"val_loss.csv", "summary.json", "histograms.png"})
     lines += ["## Validation loss after the last step of each run", "",
@@ -65,21 +63,21 @@ def build_dynamics_report(study_dir) -> Path:
     if summary.get("mean_weight_model_batchnorm"):
         lines.append(f"Mean-weight model: {summary['mean_weight_model_batchnorm']}.")
     lines += ["", "![histograms](val_loss/histograms.png)", ""]
-    return atomic_write_text(store.root / "report.md", "\n".join(lines))
+    return store.write_text("report.md", "\n".join(lines))
 
 
 def spread_summary(s: DynamicsSetup, stages: dict, lrs: list[float]) -> tuple[pd.DataFrame, dict]:
     rows_, summary = [], {}
     for lr in lrs:
         runs_dir = stages[(4, lr)]
-        runs = json.loads((runs_dir / "runs.json").read_text())
+        runs = read_json(runs_dir / "runs.json")
         for i, seed in enumerate(runs["seeds"]):
             rows_.append({"lr": lr, "sampler": s.sampler, "run": i, "seed": seed,
                           "first_val_loss": runs["first"]["loss"][i], "last_val_loss": runs["last"]["loss"][i],
                           "first_val_accuracy": runs["first"]["accuracy"][i],
                           "last_val_accuracy": runs["last"]["accuracy"][i]})
         last = np.array(runs["last"]["loss"])
-        final = np.asarray(np.load(runs_dir / "weights.npy", mmap_mode="r")[:, -1])
+        final = np.asarray(np.load(plain_file(runs_dir / "weights.npy"), mmap_mode="r")[:, -1])
         mean_loss, how = mean_weight_loss(s, stages[(2, None)] / "checkpoint.pt", lr, final.mean(axis=0))
         summary[f"lr={lr:g}"] = {"sampler": s.sampler, "runs": len(last), "mean": float(last.mean()),
                                  "std": float(last.std(ddof=1)), "std_population": float(last.std()),
@@ -151,14 +149,14 @@ FIGURES = (("curves.png", "Training loss: SGD (stage 1), then GD (stage 2)"),
 OUTPUTS = {name for name, _ in FIGURES} | {"val_loss.csv", "summary.json", "histograms.png"}
 
 
-def remove_stale(folder: Path, written: set) -> None:
+def remove_stale(folder: Anchor, written: set) -> None:
     """Outputs of an earlier report that this one could not draw (their stages were replaced
     and have not finished again) go: the folder never shows old results beside new ones."""
     for name in OUTPUTS - written:
-        (folder / name).unlink(missing_ok=True)
+        (folder / name).unlink()
 
 
-def figure_lines(s: DynamicsSetup, stages: dict, folder: Path) -> tuple[list[str], set]:
+def figure_lines(s: DynamicsSetup, stages: dict, folder: Anchor) -> tuple[list[str], set]:
     """Draw every figure whose stages have finished; the report's lines and the files drawn."""
     lines, drawn = [], set()
     draws = {"curves.png": sgd_then_gd, "eigenvalues.png": eigenvalues, "spread.png": spread_over_steps,
@@ -181,7 +179,7 @@ def thin(x: np.ndarray, y: np.ndarray, points: int = 4000) -> tuple[np.ndarray, 
     return x[::k], y[::k]
 
 
-def sgd_then_gd(s: DynamicsSetup, stages: dict, path: Path) -> bool:
+def sgd_then_gd(s: DynamicsSetup, stages: dict, path: Anchor) -> bool:
     if (1, None) not in stages:
         return False
     plt = pyplot()
@@ -204,13 +202,13 @@ def panel_per_lr(lrs: list[float]):
     return plt, fig, list(zip(axes[0], lrs))
 
 
-def eigenvalues(s: DynamicsSetup, stages: dict, path: Path) -> bool:
+def eigenvalues(s: DynamicsSetup, stages: dict, path: Anchor) -> bool:
     lrs = [lr for lr in s.lrs if (3, lr) in stages]
     if not lrs:
         return False
     plt, fig, panels = panel_per_lr(lrs)
     for ax, lr in panels:
-        with np.load(stages[3, lr] / "trajectory.npz") as data:
+        with np.load(plain_file(stages[3, lr] / "trajectory.npz")) as data:
             values = data["eigenvalues"]
         for k in range(values.shape[1]):
             ax.plot(np.arange(1, len(values) + 1), values[:, k], lw=0.8, label=f"λ{k + 1}")
@@ -221,14 +219,14 @@ def eigenvalues(s: DynamicsSetup, stages: dict, path: Path) -> bool:
     return close(plt, fig, path)
 
 
-def spread_over_steps(s: DynamicsSetup, stages: dict, path: Path) -> bool:
+def spread_over_steps(s: DynamicsSetup, stages: dict, path: Anchor) -> bool:
     lrs = [lr for lr in s.lrs if (4, lr) in stages and (2, None) in stages]  # the mean-weight model needs stage 2
     if not lrs:
         return False
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for lr in lrs:
-        losses = np.load(stages[4, lr] / "losses.npy")
+        losses = np.load(plain_file(stages[4, lr] / "losses.npy"))
         steps = np.arange(1, losses.shape[1] + 1)
         low, mid, high = np.nanquantile(losses, [0.05, 0.5, 0.95], axis=0)
         line, = axes[0].plot(steps, mid, lw=0.8, label=f"lr {lr:g} median")
@@ -241,24 +239,24 @@ def spread_over_steps(s: DynamicsSetup, stages: dict, path: Path) -> bool:
     return close(plt, fig, path)
 
 
-def gd_vs_sgd(s: DynamicsSetup, stages: dict, path: Path) -> bool:
+def gd_vs_sgd(s: DynamicsSetup, stages: dict, path: Anchor) -> bool:
     lrs = [lr for lr in s.lrs if (4, lr) in stages and (5, lr) in stages]
     if not lrs:
         return False
     plt, fig, panels = panel_per_lr(lrs)
     for ax, lr in panels:
-        losses = np.load(stages[4, lr] / "losses.npy")
+        losses = np.load(plain_file(stages[4, lr] / "losses.npy"))
         ax.plot(np.arange(1, losses.shape[1] + 1), np.nanmean(losses, axis=0), lw=0.8,
                 label=f"SGD: mean of {len(losses)} runs")
         gd_steps, gd_loss = train_losses(stages[5, lr])
-        gd_lr = json.loads((stages[5, lr] / "summary.json").read_text()).get("gd_lr", lr)
+        gd_lr = read_json(stages[5, lr] / "summary.json").get("gd_lr", lr)
         ax.plot(gd_steps, gd_loss, lw=1, color="crimson", label=f"GD lr {gd_lr:g}")
         ax.set(title=f"lr {lr:g}", xlabel="step", ylabel="training loss")
         ax.legend(fontsize=8)
     return close(plt, fig, path)
 
 
-def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path) -> None:
+def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Anchor) -> None:
     plt, fig, panels = panel_per_lr(lrs)
     for ax, lr in panels:
         values = frame[frame["lr"] == lr]["last_val_loss"]
@@ -270,7 +268,7 @@ def histograms(frame: pd.DataFrame, summary: dict, lrs: list[float], path: Path)
     close(plt, fig, path)
 
 
-def close(plt, fig, path: Path) -> bool:
+def close(plt, fig, path: Anchor) -> bool:
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -18,28 +18,32 @@ import json
 import logging
 import math
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..analysis.recovery import aggregate, best_arm, early_vs_late, head_to_head, near_chance, recovery_metrics
+from ..analysis.tables import is_count, is_number, summaries_of
 from ..data.paths import find_data_file
 from pydantic import ValidationError
 
 from ..engine import Hook, MemorySink, Trial
-from ..errors import SpecError, UserError
+from ..errors import SpecError, UserError, one_line
 from ..faults import STATE_KEYS, TARGETS
 from ..faults.plan import FaultPlanOptions, draw_plan, exponent_range, site_sizes
-from ..io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..io import Anchor, plain_file, read_json, read_jsonl
 from ..plugin import REGISTRIES, register_command, register_report, registries
 from ..report.fault_figures import comparison_plots, recovery_zoom, summary_visualizations
 from ..report.markdown import fmt, markdown_table
 from ..spec import load_spec, resolve
+from ..study import trust
+from ..study.executor import DEFAULT_THREADS, threads_for, torch_threads
 from ..study.runner import run_study
-from ..study.store import MetricsWriter, StudyStore
-from .flags import Command, add_common, add_plugins, add_workers, executor_of
+from ..study.store import StudyStore
+from .flags import Command, add_common, add_plugins, add_trust, add_workers, executor_of
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +139,18 @@ def pretrain(store: StudyStore, quiet: bool) -> None:
     if not quiet:
         log.info(f"pretraining with {options['optimizer']} (lr {options['lr']}) to held-out accuracy "
               f"{options['accuracy']} (at most {options['max_steps']} steps)")
-    folder = store.root / "pretraining"
-    folder.mkdir(exist_ok=True)
-    writer = MetricsWriter(folder / "metrics.jsonl")
+    writer = store.open_stream("pretraining/metrics.jsonl")
     try:
         trial = Trial(spec, sink=writer, hooks=[StopAt(options["accuracy"])])
         summary = trial.run()
     finally:
         writer.close()
     arm = summary["arms"]["pretrain"]
-    atomic_write_json(store.root / "pretraining.json", {
+    store.write_json("pretraining.json", {
         **options, "steps": summary["steps"], "held_out_accuracy": arm["final_test_accuracy"],
         "held_out_loss": arm["final_test_loss"], "reached": (arm["final_test_accuracy"] or 0) >= options["accuracy"],
         "chance_accuracy": summary["chance_accuracy"]})
-    tmp = store.root / ".pretrained.pt.tmp"
-    torch.save(trial.arms[0].model.state_dict(), tmp)
-    tmp.replace(store.root / "pretrained.pt")
+    store.place("pretrained.pt").save_torch(trial.arms[0].model.state_dict())  # whole or not at all: its presence = done
 
 
 def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
@@ -162,7 +162,7 @@ def write_plan(store: StudyStore, plans: list, quiet: bool) -> None:
         epoch, within = divmod(event["step"] - 1, per_epoch)  # step s is the s-th update: (epoch, step within it)
         entries.append({"experiment": i, "seed": p.seed, "epoch": epoch, "step_in_epoch": within + 1,
                         **{k: event[k] for k in INJECTION_KEYS}})
-    atomic_write_json(store.root / "all_injection_configs.json", entries)
+    store.write_json("all_injection_configs.json", entries)
     if not quiet:
         log.info(f"{len(plans)} experiment(s) x {len(store.spec['arms'])} arm(s); plan: "
               f"{store.root / 'all_injection_configs.json'}")
@@ -196,17 +196,19 @@ def experiment_results(index: int, spec: dict, records: list[dict], injection: d
             "corruption": corruption, "arms": arms}
 
 
-def write_experiment(folder: Path, index: int) -> dict:
+def write_experiment(place: Anchor, index: int) -> dict:
+    """An experiment's outputs, from its stored records, into its folder `place` (in the study)."""
+    folder = place.path
     config = read_json(folder / "config.json")
     records = read_jsonl(folder / "metrics.jsonl")
     results = experiment_results(index, config["spec"], records, read_json(folder / "injection_config.json"))
-    atomic_write_json(folder / "results.json", results)
+    (place / "results.json").write_json(results)
     frame = pd.DataFrame.from_records(records)
     for arm in results["arms"]:
-        history(frame, arm).to_csv(folder / f"history_{arm}.csv", index=False)
+        (place / f"history_{arm}.csv").write_text(history(frame, arm).to_csv(index=False))
     evals, train = frame[frame["kind"] == "eval"], frame[frame["kind"] == "train"]
-    comparison_plots(evals, results, folder / "comparison_plots.png")
-    recovery_zoom(evals, train, results, folder / "recovery_zoom.png")
+    comparison_plots(evals, results, place / "comparison_plots.png")
+    recovery_zoom(evals, train, results, place / "recovery_zoom.png")
     return results
 
 
@@ -225,16 +227,40 @@ def finished_results(store: StudyStore) -> list[dict]:
     for index, folder in store.trial_dirs():
         if (folder / "summary.json").exists():
             if not (folder / "results.json").exists():
-                write_experiment(folder, index)
-            out.append(read_json(folder / "results.json"))
+                write_experiment(store.trial_place(index), index)
+            out.append(checked_results(folder / "results.json", index, [arm["name"] for arm in store.spec["arms"]]))
     return out
 
 
+RESULT_NUMBERS = ("accuracy_pre", "loss_pre", "accuracy_post", "loss_post", "accuracy_final", "loss_final",
+                  "accuracy_change", "total_recovery", "degradation_rate", "steps_to_recover", "peak_loss_spike",
+                  "divergence_step")
+
+
+def checked_results(path: Path, index: int, arms: list[str]) -> dict:
+    """An experiment's results.json as experiment_results writes it (the report reads every
+    field of it), else a one-line refusal: removed, it is rebuilt from the experiment's records."""
+    r = json_object(path)
+    injection, metrics = r.get("injection"), r.get("arms")
+    number = lambda value: value is None or is_number(value)  # noqa: E731
+    shaped = (r.get("experiment") == index and isinstance(injection, dict) and all(k in injection for k in INJECTION_KEYS)
+              and is_count(injection["step"]) and isinstance(injection["indices"], list)
+              and all(isinstance(r.get(k), dict) for k in ("applied", "reasons", "corruption"))
+              and isinstance(metrics, dict) and sorted(metrics) == sorted(arms)
+              and all(isinstance(m, dict) and isinstance(m.get("diverged"), bool)
+                      and all(number(m.get(k)) for k in RESULT_NUMBERS) for m in metrics.values())
+              and all(number(r["corruption"].get(arm)) for arm in arms))
+    if not shaped:
+        raise UserError(f"{path} is not the results of experiment {index} as trainlab writes them (was it edited?); "
+                        "remove it and `trainlab report` rebuilds it from the experiment's records")
+    return r
+
+
 def on_experiment_end(store: StudyStore, plan) -> None:
-    write_experiment(store.trial_dir(plan.index), plan.index)
+    write_experiment(store.trial_place(plan.index), plan.index)
     results = finished_results(store)
     if len(results) % 5 == 0:
-        atomic_write_json(store.root / "intermediate_summary.json",
+        store.write_json("intermediate_summary.json",
                           {"experiments_finished": len(results), "per_arm": aggregate(results),
                            "head_to_head": head_to_head(results)})
 
@@ -267,14 +293,14 @@ def build_final_report(study_dir: str | Path) -> Path:
     results = finished_results(store)
     lines = [f"# Fault recovery: {store.spec['name']}", ""]
     if not results:
-        return atomic_write_text(store.root / "final_report.md", "\n".join(lines + ["No experiment has finished yet.", ""]))
+        return store.write_text("final_report.md", "\n".join(lines + ["No experiment has finished yet.", ""]))
     for r in results:
-        r["plan_steps"] = read_json(store.trial_dir(r["experiment"]) / "config.json")["spec"]["plan"]["steps"]
-    summary_visualizations(results, trajectories(store, results), store.root / "summary_visualizations.png")
+        r["plan_steps"] = plan_steps_of(store.trial_dir(r["experiment"]) / "config.json")
+    summary_visualizations(results, trajectories(store, results), store.place("summary_visualizations.png"))
     table = aggregate(results)
     spec, first = store.spec, results[0]["injection"]
-    first_summary = read_json(store.trial_dir(results[0]["experiment"]) / "summary.json")
-    data, chance = first_summary.get("data_source", "-"), first_summary.get("chance_accuracy")
+    first_summary = next(iter(summaries_of(store)), {})  # checked: a number is a number, or missing
+    data, chance = first_summary.get("data_source") or "-", first_summary.get("chance_accuracy")
     reached = [a for a in table if table[a]["experiments"]]
     untrained = [a for a in reached if near_chance(table[a]["accuracy_pre"]["mean"], chance)]
     eligible = [a for a in reached if a not in untrained]
@@ -343,7 +369,17 @@ def build_final_report(study_dir: str | Path) -> Path:
               "matrix; degradation-rate distributions; total recovery against the size of the corruption; mean "
               "total recovery by injection step. Each `experiment_NNN/` has `comparison_plots.png` and "
               "`recovery_zoom.png` with the injection step marked.", ""]
-    return atomic_write_text(store.root / "final_report.md", "\n".join(lines))
+    return store.write_text("final_report.md", "\n".join(lines))
+
+
+def plan_steps_of(path: Path) -> int:
+    """The planned steps in an experiment's config.json."""
+    config = json_object(path)
+    spec = config.get("spec") if isinstance(config.get("spec"), dict) else {}
+    steps = spec.get("plan", {}).get("steps") if isinstance(spec.get("plan"), dict) else None
+    if not is_count(steps):
+        raise UserError(f"{path}: no spec.plan.steps (a number of steps); was it edited?")
+    return steps
 
 
 def pretraining_lines(store: StudyStore) -> list[str]:
@@ -351,7 +387,10 @@ def pretraining_lines(store: StudyStore) -> list[str]:
     if not path.exists():
         return ["- no pretraining: every experiment starts from freshly initialised weights", ""] \
             if not store.spec.get("recipe", {}).get("pretrain") else []
-    p = read_json(path)
+    p = json_object(path)
+    missing = [k for k in ("optimizer", "lr", "steps", "held_out_accuracy", "accuracy", "reached") if k not in p]
+    if missing:
+        raise UserError(f"{path}: no {missing[0]!r}; was it edited? (remove it and pretrained.pt to pretrain again)")
     line = (f"- every experiment starts from weights pretrained once with {p['optimizer']} (lr {p['lr']}) for "
             f"{p['steps']} steps to held-out accuracy {fmt(p['held_out_accuracy'], 3)} (target {p['accuracy']})")
     if not p["reached"]:
@@ -420,34 +459,92 @@ register_report("fault-recovery", build_final_report, on_trial_end=on_experiment
 # ---------------------------------------------------------------- replay
 
 
-def replay(experiment_dir: str | Path) -> tuple[bool, list[str]]:
-    """Re-run one experiment from its config.json and compare with what it stored."""
+def replay(experiment_dir: str | Path, threads: int | None = None) -> tuple[bool, list[str]]:
+    """Re-run one experiment from its config.json and compare with what it stored, with the
+    torch threads its study ran with (or `threads`, with a warning when they differ)."""
     folder = Path(experiment_dir)
-    for name in ("config.json", "results.json", "injection_config.json"):
-        if not (folder / name).is_file():
-            raise UserError(f"{str(folder)!r} is not a finished fault experiment (no {name})")
-    config = read_json(folder / "config.json")
+    config, stored, stored_injection, stored_batch = experiment_inputs(folder)
+    study = study_of(folder, config)
     spec = load_spec(config["spec"])
+    if not spec["events"] or spec["events"][0]["kind"] != "fault":
+        raise UserError(f"{folder / 'config.json'}: its spec injects no fault (events.0 is not kind: fault); "
+                        "not a fault experiment")
     with tempfile.TemporaryDirectory() as tmp:
         sink = MemorySink()
-        Trial(spec, sink=sink, artifact_dir=Path(tmp), study_root=folder.resolve().parent).run()
+        with torch_threads(threads_for(study, threads) if study else threads or DEFAULT_THREADS):
+            Trial(spec, sink=sink, artifact_dir=Path(tmp), study_root=folder.resolve().parent).run()
         injection = read_json(Path(tmp) / "injection_config.json")
         fresh = experiment_results(config["index"], spec, sink.records, injection)
-        batch_same = _same_npz(folder / "injection_batch.npz", Path(tmp) / "injection_batch.npz")
-    stored = read_json(folder / "results.json")
+        batch_same = same_arrays(stored_batch, read_batch(Path(tmp) / "injection_batch.npz"))
     problems = [f"results.json differs at {key}" for key in _diff(stored, json.loads(json.dumps(fresh)))]
-    if read_json(folder / "injection_config.json")["arms"] != json.loads(json.dumps(injection["arms"])):
+    if stored_injection["arms"] != json.loads(json.dumps(injection["arms"])):
         problems.append("the realised fault values (injection_config.json) differ")
     if not batch_same:
         problems.append("the injection batch (injection_batch.npz) differs")
     return not problems, problems
 
 
-def _same_npz(a: Path, b: Path) -> bool:
-    if not a.exists() or not b.exists():
-        return a.exists() == b.exists()
-    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
-        return set(x.files) == set(y.files) and all(np.array_equal(x[k], y[k]) for k in x.files)
+def study_of(folder: Path, config: dict) -> StudyStore | None:
+    """The study an experiment folder sits in (its trust and its thread count), None for a folder
+    on its own, whose plugin modules are imported only with --trust."""
+    root = folder.resolve().parent
+    if (root / "study.json").is_file():
+        study = StudyStore.open(root)
+        study.require_trust("fault replay")
+        return study
+    modules = (config.get("spec") or {}).get("plugins") if isinstance(config.get("spec"), dict) else None
+    if modules and not trust.ASKED:
+        raise UserError(f"fault replay: {folder} is not inside its study, so nothing vouches for its plugin modules "
+                        f"({', '.join(map(str, modules))}); if you trust its code, run again with --trust")
+    return None
+
+
+def experiment_inputs(folder: Path) -> tuple[dict, dict, dict, dict | None]:
+    """What replay compares against (config.json, results.json, injection_config.json and the
+    injection batch), read and checked before anything trains: a malformed experiment is one
+    line now, not a traceback after the training."""
+    for name in ("config.json", "results.json", "injection_config.json"):
+        if not (folder / name).is_file():
+            raise UserError(f"{str(folder)!r} is not a finished fault experiment (no {name})")
+    config, results, injection = (json_object(folder / name)
+                                  for name in ("config.json", "results.json", "injection_config.json"))
+    index = config.get("index")
+    if not (isinstance(index, int) and not isinstance(index, bool) and isinstance(config.get("spec"), dict)):
+        raise UserError(f"{folder / 'config.json'}: not a trial's config (it needs an integer index and a spec)")
+    for name, stored in (("results.json", results), ("injection_config.json", injection)):
+        if not isinstance(stored.get("arms"), dict):
+            raise UserError(f"{folder / name}: no record per arm ('arms' is not a mapping); was it edited?")
+    return config, results, injection, read_batch(folder / "injection_batch.npz")
+
+
+def json_object(path: Path) -> dict:
+    try:
+        value = read_json(path)
+    except ValueError as exc:
+        raise UserError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object; was it edited?")
+    return value
+
+
+def read_batch(path: Path) -> dict | None:
+    """The arrays of an injection batch (.npz), None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        data = np.load(plain_file(path), allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError("one array, not an archive of arrays")
+        with data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # not an .npz, or a torn one
+        raise UserError(f"{path} cannot be read as an injection batch (.npz): {one_line(exc)}") from None
+
+
+def same_arrays(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return set(a) == set(b) and all(np.array_equal(a[name], b[name]) for name in a)
 
 
 def _diff(a, b, path="") -> list[str]:
@@ -569,11 +666,14 @@ def fault_arguments(parser) -> None:
     tools = parser.add_subparsers(dest="fault_command", metavar="COMMAND", required=True)
     replay_parser = tools.add_parser("replay", help="re-run one experiment and check it reproduces its results exactly")
     replay_parser.add_argument("experiment_dir")
+    replay_parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default: the study's, "
+                               "as its experiments ran; another count may change the last bits)")
     add_common(replay_parser)
+    add_trust(replay_parser)
 
 
 def replay_command(args) -> int:
-    ok, problems = replay(args.experiment_dir)
+    ok, problems = replay(args.experiment_dir, args.threads)
     if ok:
         print(f"{args.experiment_dir}: replay reproduces results.json, the realised fault values and the "
               "injection batch exactly")

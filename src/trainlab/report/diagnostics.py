@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..analysis.blobs import diagnose, results_json
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import Anchor
 from ..study.store import StudyStore
 from .plotting import pyplot, save_figure
 from .text import fmt, markdown_table
@@ -39,7 +39,7 @@ def history_figure(frame: pd.DataFrame, path: Path) -> Path:
     axes.flat[0].yaxis.get_major_locator().set_params(integer=True)
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    path = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -67,7 +67,7 @@ def pairs_figure(panels: list[dict], path: Path) -> Path:
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    path = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -112,7 +112,7 @@ def diagnostics_section(store: StudyStore, metrics: pd.DataFrame) -> list[str]:
     measured = probe_frame(metrics, names)
     if measured.empty:
         return []
-    figures = store.root / "figures"
+    figures = store.place("figures")
     frames, last = [], []
     for index, folder in store.trial_dirs():
         if any(folder.glob("checkpoints/step_*/*.pt")):
@@ -145,13 +145,12 @@ def write_results(store: StudyStore) -> list[Path]:
     """results.json per trial (results-<arm>.json when a trial has several arms), inside the study."""
     written = []
     arms = [a["name"] for a in store.spec.get("arms", [])]
-    for _, folder in store.trial_dirs():
+    for index, folder in store.trial_dirs():
         if not (folder / "metrics.jsonl").is_file():
             continue
-        store.check_inside(folder)
         for arm in arms:
             name = "results.json" if len(arms) == 1 else f"results-{arm}.json"
-            written.append(atomic_write_json(folder / name, results_json(folder, arm)))
+            written.append((store.trial_place(index) / name).write_json(results_json(folder, arm)))
     return written
 
 
@@ -161,10 +160,11 @@ def diagnose_outputs(path: str | Path, output: str | Path | None, extra: dict | 
     --output or beside what was analysed (<trial>/diagnostics, <study>/diagnostics)."""
     frame, last = diagnose(path, extra, encoder, decoder, keep_pairs=True, pairs=pairs)
     path = Path(path)
-    if output is None:
-        output = (path.parent.parent.parent if path.is_file() and path.parent.parent.name == "checkpoints"
-                  else path.parent if path.is_file() else path) / "diagnostics"
-    output = Path(output)
+    if output is None:  # beside what was analysed, often a study: a `diagnostics` there that is a link is refused
+        output = Anchor(path.parent.parent.parent if path.is_file() and path.parent.parent.name == "checkpoints"
+                        else path.parent if path.is_file() else path) / "diagnostics"
+    else:
+        output = Anchor(Path(output))
     root = Path(path if path.is_dir() else path.parent).resolve()
 
     def label(trial: str) -> str:  # trials/trial_0003 under a study; a trial's own name otherwise
@@ -173,14 +173,14 @@ def diagnose_outputs(path: str | Path, output: str | Path | None, extra: dict | 
 
     shown = frame.assign(trial=frame["trial"].map(label))
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        output.mkdir()
         table = frame.drop(columns=["cluster_sizes"]).assign(cluster_sizes=frame["cluster_sizes"].map(
             lambda sizes: " ".join(map(str, sizes))))
-        atomic_write_text(output / "blobs.csv", table.to_csv(index=False))
+        (output / "blobs.csv").write_text(table.to_csv(index=False))
         history_figure(shown, output / "blobs.png")
         if last:
             pairs_figure(last[:MAX_PAIR_PANELS], output / "blob_pairs.png")
-        atomic_write_text(output / "blobs.md", markdown_table(TABLE_HEADERS, final_table(shown)) + "\n")
+        (output / "blobs.md").write_text(markdown_table(TABLE_HEADERS, final_table(shown)) + "\n")
     except OSError as exc:
         raise UserError(f"--output: cannot write in {str(output)!r} ({exc.strerror or exc})") from None
-    return output, shown
+    return output.path, shown

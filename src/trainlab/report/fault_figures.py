@@ -26,12 +26,13 @@ def _legend(ax) -> None:
         ax.legend(fontsize=8)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path) -> Path:
+    """`path`: a Path, or an io.Anchor inside a study (report/plotting.py save_figure)."""
     plt = pyplot()
     with warnings.catch_warnings():  # tight_layout may give up on crowded tick labels; the figure is still fine
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    path = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -10,8 +10,9 @@ from ..analysis.sweep import value_order, short_label, levels
 from .plotting import pyplot, save_figure
 
 
-def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
-    """Training/held-out loss (log scale) and held-out accuracy per arm, averaged over trials."""
+def curves_figure(metrics: pd.DataFrame, path, smooth: int = 10) -> Path:
+    """Training/held-out loss (log scale) and held-out accuracy per arm, averaged over trials.
+    `path`: a Path, or an io.Anchor inside a study (as for every figure here)."""
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -35,8 +36,7 @@ def curves_figure(metrics: pd.DataFrame, path: Path, smooth: int = 10) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=110)
+    path = save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from ..analysis.sweep import analyse, sweep_frame
-from ..analysis.tables import arm_table, load, load_summaries
+from ..analysis.tables import arm_table, load, load_summaries, summaries_of
 from ..plugin import Registries, register_report
 from ..study.executor import threads_for, torch_threads
 from ..study.store import StudyStore
@@ -139,7 +139,7 @@ def _sweep(store: StudyStore, summaries) -> list[str]:
 def _notes(store: StudyStore) -> list[str]:
     """What the trials substituted or could not do as asked, stated before any number."""
     counts, total = {}, 0
-    for summary in store.summaries():
+    for summary in summaries_of(store):
         total += 1
         for note in summary.get("notes") or []:
             counts[note] = counts.get(note, 0) + 1
@@ -150,7 +150,7 @@ def _notes(store: StudyStore) -> list[str]:
 
 def _splits(store: StudyStore) -> list[str]:
     """Optimizers that split the parameters (Muon + AdamW): what each part got, first trial that has them."""
-    for summary in store.summaries():
+    for summary in summaries_of(store):
         rows = []
         for arm, info in summary["arms"].items():
             for part, group in (info.get("param_groups") or {}).items():
@@ -166,7 +166,7 @@ def _splits(store: StudyStore) -> list[str]:
 
 
 def _data_sources(store: StudyStore) -> str:
-    sources = {s.get("data_source") for s in store.summaries()} - {None}
+    sources = {s.get("data_source") for s in summaries_of(store)} - {None}
     return "; ".join(sorted(sources)) or "-"
 
 
@@ -175,7 +175,7 @@ def _privacy(store: StudyStore) -> list[str]:
     arms = {a["name"]: a["privacy"] for a in store.spec["arms"] if a.get("privacy")}
     if not arms:
         return []
-    for summary in store.summaries():
+    for summary in summaries_of(store):
         rows = [[name, p["mode"], arms[name]["max_grad_norm"], fmt(p["noise_multiplier"]), fmt(p["sample_rate"]),
                  fmt(p["epsilon"]), p["delta"], p["accountant"]]
                 for name, p in ((n, summary["arms"][n].get("privacy")) for n in arms if n in summary["arms"]) if p]

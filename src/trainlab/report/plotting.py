@@ -4,7 +4,7 @@ and figures written like every other file of a study: whole or not at all."""
 import os
 from pathlib import Path
 
-from ..io import temporary_beside
+from ..io import Anchor, temporary_beside
 
 
 def pyplot():
@@ -18,7 +18,11 @@ def pyplot():
 
 def save_figure(fig, path, dpi: int = 100) -> Path:
     """Write `fig` as PNG to a temporary file beside `path`, then rename it over `path`: a kill
-    mid-write leaves the old figure (or none), never a truncated one."""
+    mid-write leaves the old figure (or none), never a truncated one. `path` is an io.Anchor
+    for a figure of a study (its folders checked from the study root: a `figures` that is a
+    link is refused), or a plain path outside any study (a user's --output)."""
+    if isinstance(path, Anchor):
+        return path.save_figure(fig, dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temporary_beside(path)

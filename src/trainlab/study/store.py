@@ -10,7 +10,10 @@
       report.md, figures/
 
 Writes that must never be seen half-done (JSON summaries, study.json) go to a temporary
-file in the same directory, are fsynced, then renamed over the target.
+file in the same directory, are fsynced, then renamed over the target. Every write below the
+study root goes through the store's anchored places (`store.place`, trainlab/io.py Anchor):
+no folder or file on the way may be a link, a FIFO or the wrong kind of thing, so nothing
+planted in a study takes a write outside it.
 """
 
 import contextlib
@@ -28,36 +31,26 @@ import filelock
 import torch
 
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from ..plugin import Registries, registries
+from ..io import (Anchor, UnsafePath, anchored, atomic_write_bytes, atomic_write_json, atomic_write_text, parse_json,
+                  read_bytes, read_json, read_jsonl)
+from ..plugin import WITHHELD, WITHHELD_FOLDERS, Registries, registries, withhold
+from . import trust
 from .sweep import TrialPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MetricsWriter", "StudyStore", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json",
-           "read_jsonl"]
-
-
-def open_inside(path: Path, flags: int, what: str) -> int:
-    """os.open that never follows a symlink at the last step: a link planted in the study (to a
-    file elsewhere) is refused, not written through."""
-    try:
-        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UserError(f"{path} is a symbolic link: trainlab writes {what} only as a plain file inside the "
-                            "study; remove the link") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO):
-            raise UserError(f"{path} is not a plain file ({what}); remove it") from None
-        raise
+__all__ = ["Anchor", "MetricsWriter", "StudyStore", "UnsafePath", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "read_json", "read_jsonl"]
 
 
 class MetricsWriter:
-    """Appends records to metrics.jsonl; `flush` pushes them to the OS so readers see them."""
+    """Appends records to metrics.jsonl (emptied first); `flush` pushes them to the OS so
+    readers see them. `target` is an Anchor in a study (a plain path is anchored at its own
+    folder): a link, a FIFO or a folder there is refused at once, never written through or
+    waited on."""
 
-    def __init__(self, path: Path):
-        fd = open_inside(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a metrics stream")
-        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+    def __init__(self, target: "Anchor | Path"):
+        self.fh = os.fdopen(anchored(target).open_stream(truncate=True), "w", encoding="utf-8")
         self.pending: list[str] = []
 
     def log(self, record: dict) -> None:
@@ -102,17 +95,76 @@ class StudyStore:
         self.meta = meta
         self.inputs_root = Path(inputs_root or root)  # where a job finds the trials it runs after (a Ray
         # task trains in a scratch folder, but reads its inputs from the study itself)
+        self.trusted = True  # made here; a study opened from disk is checked (check_trust)
 
     @property
     def spec(self) -> dict:
         return self.meta["spec"]
 
     def registries(self) -> Registries:
-        """This process's registries with the study's plugins loaded (as when it was created)."""
-        return registries(self.spec.get("plugins", []), self.spec.get("plugin_path"))
+        """This process's registries with the study's plugins loaded (as when it was created),
+        but for those withheld because the study is not trusted here (study/trust.py)."""
+        modules = [name for name in self.spec.get("plugins", []) if name not in WITHHELD]
+        return registries(modules, self.spec.get("plugin_path"))
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads the study's trials run with, chosen when it was made (None for a
+        study made before trainlab recorded it: then what its finished trials ran with)."""
+        threads = self.meta.get("threads")
+        if isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 1024:
+            return threads
+        counts = {s.get("threads") for s in self.summaries()} - {None}
+        return counts.pop() if len(counts) == 1 and isinstance(next(iter(counts)), int) else None
+
+    def save_meta(self, meta: dict | None = None) -> None:
+        """Write study.json, signed by this user so that later commands trust its plugins. The
+        signature file holds the old and the new signature while study.json is replaced, so a
+        kill at any moment leaves the study trusted."""
+        old = self.root / "study.json"
+        previous = trust.signature_for(read_bytes(old)) if self.trusted and old.is_file() else None
+        self.meta = self.meta if meta is None else meta
+        data = (json.dumps(self.meta, indent=2, allow_nan=True) + "\n").encode()
+        signature = trust.signature_for(data)
+        if signature is not None:
+            self.write_bytes(trust.SIGNATURE, (previous or b"") + signature)
+        self.write_bytes("study.json", data)
+        if signature is not None and previous:
+            self.write_bytes(trust.SIGNATURE, signature)
+        self.trusted = signature is not None
+
+    @property
+    def distrust(self) -> str:
+        return (f"{self.root} was not made on this machine or was changed since (its study.json has no valid "
+                "signature of yours); if you trust its code, run the command again with --trust")
+
+    def require_trust(self, command: str) -> None:
+        """`command` needs the study's plugin modules (it trains): refused for a study not trusted here."""
+        if not self.trusted and (self.spec.get("plugins") or self.spec.get("plugin_path")):
+            raise UserError(f"{command}: its plugin modules ({', '.join(map(str, self.spec.get('plugins') or []))}) "
+                            f"were not imported: {self.distrust}")
+
+    def check_trust(self, data: bytes) -> None:
+        """Withhold the plugin modules of a study this user did not sign (made elsewhere, or
+        edited), unless the user asked to trust it (--trust), which signs it."""
+        signature = self.root / trust.SIGNATURE
+        lines = read_bytes(signature).splitlines() if signature.is_file() and not signature.is_symlink() else []
+        self.trusted = any(trust.is_signed(data, line) for line in lines)
+        modules, folders = self.spec.get("plugins") or [], self.spec.get("plugin_path") or []
+        if self.trusted or not (modules or folders) or str(self.root) in WITHHELD_FOLDERS:
+            return  # trusted, nothing to withhold, or withheld (and said) already
+        if trust.ASKED:
+            log.warning("trusting %s as asked (--trust): its plugin modules (%s) will be imported", self.root,
+                        ", ".join(map(str, modules)) or "none")
+            self.trusted = True
+            self.save_meta()
+            return
+        withhold(modules, [*folders, str(self.root)], self.distrust)
+        log.warning("not importing the plugin module(s) %s named by %s: it was not made on this machine or was "
+                    "changed since; pass --trust to import them", ", ".join(map(str, modules)) or "(none)", self.root)
 
     @classmethod
-    def create(cls, spec: dict, plans: list[TrialPlan]) -> "StudyStore":
+    def create(cls, spec: dict, plans: list[TrialPlan], threads: int | None = None) -> "StudyStore":
         stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
         parent = Path(spec["output"]["root"])
         try:
@@ -128,29 +180,35 @@ class StudyStore:
                     root = parent / f"{spec['name']}-{stamp}-{suffix}"
         except OSError as exc:
             raise UserError(f"output.root: cannot create the study directory in {str(parent)!r}: {exc.strerror}") from None
-        meta = {"created": dt.datetime.now().isoformat(timespec="seconds"), **environment(), "spec": spec,
-                "trials": [plan.describe() for plan in plans]}
+        meta = {"created": dt.datetime.now().isoformat(timespec="seconds"), **environment(), "threads": threads,
+                "spec": spec, "trials": [plan.describe() for plan in plans]}
+        store = cls(root, meta)
         try:
-            atomic_write_json(root / "study.json", meta)
+            store.save_meta()
         except OSError as exc:  # a full disk, a quota: leave nothing behind
+            for leftover in root.iterdir():
+                leftover.unlink()
             root.rmdir()
             raise UserError(f"output.root: cannot write the study in {str(parent)!r}: {exc.strerror or exc}") from None
-        return cls(root, meta)
+        return store
 
     @classmethod
     def open(cls, root: str | Path) -> "StudyStore":
         root = Path(root)
         if not (root / "study.json").is_file():
             raise UserError(f"{str(root)!r} is not a study directory (no study.json)")
-        try:
-            meta = read_json(root / "study.json")
+        try:  # read once: the bytes checked against the signature are the bytes parsed
+            data = read_bytes(root / "study.json")
+            meta = parse_json(data)
         except (ValueError, OSError) as exc:
             raise UserError(f"{str(root / 'study.json')!r} cannot be read: {exc}") from None
         if not (isinstance(meta, dict) and isinstance(meta.get("spec"), dict) and isinstance(meta.get("trials"), list)
                 and all(isinstance(t, dict) and isinstance(t.get("index"), int) for t in meta["trials"])):
             raise UserError(f"{str(root / 'study.json')!r} is not a study description (it needs a spec and a list of "
                             "trials); was it edited?")
-        return cls(root, meta)
+        store = cls(root, meta)
+        store.check_trust(data)
+        return store
 
     @contextlib.contextmanager
     def lock(self):
@@ -159,8 +217,7 @@ class StudyStore:
         LockFileEx on Windows, through filelock), released when its holder dies, even by SIGKILL,
         so a killed study never stays locked. Where the platform has no file locks, the study
         runs unlocked, with a warning."""
-        path = self.root / ".lock"
-        fd = open_inside(path, os.O_RDWR | os.O_CREAT, "its lock")
+        fd = self.place(".lock").open_lock()
         try:
             try:
                 held = filelock.lock_descriptor(fd, blocking=False)
@@ -184,6 +241,33 @@ class StudyStore:
 
     def trial_dir(self, index: int) -> Path:
         return self.root / self.spec["output"]["trial_dir"].format(index=index)
+
+    # ------------------------------------------------------------ writes, all anchored at the root
+
+    def place(self, relpath: str | Path = "") -> Anchor:
+        """Where to write `relpath` (relative to the study root): every folder from the root to
+        it is checked as it is written (no link, no file, no FIFO on the way)."""
+        return Anchor(self.root) / relpath
+
+    def trial_place(self, index: int) -> Anchor:
+        """Trial `index`'s folder as a place to write in: what a trial, its hooks and its job get."""
+        return self.place(self.spec["output"]["trial_dir"].format(index=index))
+
+    def write_bytes(self, relpath: str | Path, data: bytes) -> Path:
+        return self.place(relpath).write_bytes(data)
+
+    def write_text(self, relpath: str | Path, text: str) -> Path:
+        return self.place(relpath).write_text(text)
+
+    def write_json(self, relpath: str | Path, obj) -> Path:
+        return self.place(relpath).write_json(obj)
+
+    def save_figure(self, relpath: str | Path, fig, dpi: int = 100) -> Path:
+        return self.place(relpath).save_figure(fig, dpi)
+
+    def open_stream(self, relpath: str | Path) -> MetricsWriter:
+        """A new metrics stream at `relpath` (one already there is replaced)."""
+        return MetricsWriter(self.place(relpath))
 
     def input_dir(self, index: int) -> Path:
         """The folder of trial `index` as an input of another trial (a job's `after`)."""
@@ -223,44 +307,39 @@ class StudyStore:
 
     def start_trial(self, plan: TrialPlan) -> MetricsWriter:
         """(Re)start a trial from scratch: an unfinished trial's partial stream is replaced."""
-        folder = self.trial_dir(plan.index)
-        self.check_inside(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").unlink(missing_ok=True)
-        (folder / "failure.json").unlink(missing_ok=True)
-        atomic_write_json(folder / "config.json", {**plan.describe(), "spec": plan.spec})
+        folder = self.trial_place(plan.index).mkdir()
+        (folder / "summary.json").unlink()
+        (folder / "failure.json").unlink()
+        (folder / "config.json").write_json({**plan.describe(), "spec": plan.spec})
         return MetricsWriter(folder / "metrics.jsonl")
 
     def add_trials(self, plans: list[TrialPlan]) -> None:
         """Append trials to study.json (an adaptive search adds them as it proposes them)."""
         self.meta["trials"] = self.meta.get("trials", []) + [plan.describe() for plan in plans]
-        atomic_write_json(self.root / "study.json", self.meta)
+        self.save_meta()
 
     def adopt_trial(self, plan: TrialPlan, files: dict[str, bytes], summary: dict | None) -> None:
         """Store a trial that ran elsewhere (a Ray worker): its files, then its summary last
         (None for a trial that failed: its failure.json is among the files)."""
-        folder = self.trial_dir(plan.index)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").unlink(missing_ok=True)
-        (folder / "failure.json").unlink(missing_ok=True)
+        folder = self.trial_place(plan.index).mkdir()
+        (folder / "summary.json").unlink()
+        (folder / "failure.json").unlink()
         for name, data in files.items():
-            target = (folder / name).resolve()
-            if not target.is_relative_to(folder.resolve()):
-                raise UserError(f"trial {plan.index}: a worker returned a file outside its folder: {name!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, data)
+            try:
+                target = folder / name
+            except UnsafePath:
+                raise UserError(f"trial {plan.index}: a worker returned a file outside its folder: {name!r}") from None
+            target.write_bytes(data)
         if summary is not None:
             self.finish_trial(plan, summary)
 
     def fail_trial(self, plan: TrialPlan, reason: str, attempts: int = 1, details: str | None = None) -> None:
         """Record why a trial could not finish (an error, or a worker that kept dying); `resume`
         tries it again. `details` is the traceback, when there is one."""
-        folder = self.trial_dir(plan.index)
-        folder.mkdir(parents=True, exist_ok=True)
         record = {"index": plan.index, "key": plan.key, "reason": reason, "attempts": attempts}
         if details:
             record["traceback"] = details
-        atomic_write_json(folder / "failure.json", record)
+        (self.trial_place(plan.index) / "failure.json").write_json(record)
 
     def failure(self, plan: TrialPlan) -> dict | None:
         try:
@@ -281,16 +360,7 @@ class StudyStore:
         return out
 
     def finish_trial(self, plan: TrialPlan, summary: dict) -> None:
-        atomic_write_json(self.trial_dir(plan.index) / "summary.json", {"index": plan.index, "key": plan.key, **summary})
+        (self.trial_place(plan.index) / "summary.json").write_json({"index": plan.index, "key": plan.key, **summary})
 
     def summaries(self) -> list[dict]:
         return [summary for index, _ in self.trial_dirs() if (summary := self.summary_of(index)) is not None]
-
-    def check_inside(self, folder: Path) -> None:
-        """A trial folder (or a folder between it and the study) that is a symlink would take its
-        files out of the study: refused."""
-        part = folder
-        while part != self.root and self.root in part.parents:
-            if part.is_symlink():
-                raise UserError(f"{part} is a symbolic link: a trial's files stay inside its study; remove the link")
-            part = part.parent

@@ -3,7 +3,9 @@
 An error inside a trial (the task's own code, data that fails during training, a probe) does
 not stop the study: the trial is recorded as failed in its failure.json (one-line reason and
 the traceback), the other trials go on, and the study ends by saying so (runner.py). A full
-disk is not a trial's failure: it stops the study, which resumes once space is back."""
+disk is not a trial's failure: it stops the study, which resumes once space is back; nor is a
+path of the study that trainlab refuses to write through (a planted link, a FIFO): it stops
+the study in one line, and the study resumes once the path is removed."""
 
 import errno
 import sys
@@ -14,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Trial
 from ..errors import one_line
+from ..io import UnsafePath
 from ..plugin import registries
 from . import loggers
 from .store import StudyStore
@@ -34,15 +37,18 @@ class Extras:
 @dataclass
 class JobContext:
     """What a job sees: its trial's folder, the folders of the trials it runs after, a sink for
-    its records (the trial's metrics stream), progress on/off, and the trial's progress bar
-    (None when quiet): a job sets its total and updates it as it goes."""
+    its records (the trial's metrics stream), progress on/off, the trial's progress bar (None
+    when quiet): a job sets its total and updates it as it goes; and `place`, the trial's
+    folder as an Anchor: a job writes its files through it (`context.place / "run.json"`),
+    so nothing planted in the study takes them elsewhere."""
 
     index: int
-    folder: object  # Path of this trial's folder
+    folder: object  # Path of this trial's folder (to read from)
     inputs: dict  # trial index -> Path of that trial's folder (the job's `after`)
     sink: object
     quiet: bool = True
     progress: object = None
+    place: object = None  # io.Anchor of this trial's folder (to write in)
 
 
 class Tee:
@@ -76,7 +82,7 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
         if plan.spec.get("job"):
             summary = run_job(store, plan, sink, quiet, bar)
         else:
-            trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_dir(plan.index), progress=bar,
+            trial = Trial(plan.spec, sink=sink, artifact_dir=store.trial_place(plan.index), progress=bar,
                           hooks=extras.hooks, study_root=store.inputs_root)
             if bar is not None:
                 bar.total = trial.total_steps
@@ -84,7 +90,7 @@ def run_trial(store: StudyStore, plan: TrialPlan, total: int, quiet: bool, extra
         for trial_log in logs:
             trial_log.close(summary)
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, UnsafePath) or isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the study stops; nothing of this trial is lost that a resume would not redo
         close_quietly(logs)
         store.fail_trial(plan, one_line(exc), details=traceback.format_exc())
@@ -113,7 +119,6 @@ def job_of(spec: dict):
 
 
 def run_job(store: StudyStore, plan: TrialPlan, sink, quiet: bool, bar=None) -> dict:
-    folder = store.trial_dir(plan.index)
-    folder.mkdir(parents=True, exist_ok=True)
+    place = store.trial_place(plan.index).mkdir()
     inputs = {i: store.input_dir(i) for i in plan.spec["job"]["after"]}
-    return job_of(plan.spec).run(plan.spec, JobContext(plan.index, folder, inputs, sink, quiet, bar))
+    return job_of(plan.spec).run(plan.spec, JobContext(plan.index, place.path, inputs, sink, quiet, bar, place))
