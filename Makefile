@@ -30,9 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# every benchmark in CPU mode (about 15 minutes on 2 cores) -> docs/PERFORMANCE.md; GPU=1 adds GPU figures
+# every benchmark in CPU mode (about 5 minutes on 2 cores; 4.8 in the latest run) -> docs/PERFORMANCE.md;
+# GPU=1 adds GPU figures; SMOKE=1 runs each at a tiny size (about 75 s, table to a temporary folder),
+# as CI does on every change (tests/test_benchmarks.py)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py $(if $(GPU),--gpu)
+	$(BIN)/python benchmarks/run_all.py $(if $(GPU),--gpu) $(if $(SMOKE),--smoke)
 
 # the long chaos test: 25 random SIGKILLs of a study, each followed by a resume (CI runs 6)
 chaos: $(STAMP)

@@ -2,20 +2,29 @@
 
     .venv/bin/python benchmarks/bench_dp.py            # CPU: 4-layer GPT, d 256, seq 128, batch 16
     .venv/bin/python benchmarks/bench_dp.py --device cuda   # GPT-2-small shape, batch 8, seq 1024
+    .venv/bin/python benchmarks/bench_dp.py --smoke         # gpt-256, batch 2, seq 16, bk and Opacus: seconds
 
 Goals (from the issue): on CPU the fastest mode at most 1.15x the non-private step; on an
 H100 at most 1.25x time and 1.15x memory on the GPT-2-small shape (Opacus hooks measured at
 1.56x / 1.08x there, Opacus ghost 2.75x / 1.64x). Every mode and Opacus run in one session,
 timed round-robin (trainlab.recipes.dp_profile), so the ratios share one machine state.
+`--smoke` (tests) profiles one trainlab mode and Opacus hooks (when installed) on a tiny batch:
+peak memory takes a fresh process per mode, seconds each, so it does not profile every mode.
 """
 
 import argparse
+import importlib.util
 
 import torch
 
 from trainlab.recipes.dp_profile import breakdown, markdown, profile
 
+from common import add_smoke_flag
+
 MODES = ["no_dp", "bk", "flash", "fused", "ghost", "per_sample", "opacus_hooks", "opacus_ghost"]
+# gpt-256 rather than gpt-tiny: Opacus cannot take gpt-tiny's bias-free LayerNorm
+SMOKE_SHAPE = dict(models=["gpt-256"], batches=[2], seqs=[16])
+SMOKE_MODES = ["bk", *(["opacus_hooks"] if importlib.util.find_spec("opacus") else [])]
 
 
 def main() -> None:
@@ -23,6 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--no-memory", action="store_true", help="time only")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     if gpu:
@@ -30,7 +40,10 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     shape = dict(models=["gpt2-small"], batches=[8], seqs=[1024]) if gpu else dict(models=["gpt-256"], batches=[16],
                                                                                       seqs=[128])
-    rows = profile(**shape, modes=MODES, device=args.device, rounds=args.rounds, memory=not args.no_memory)
+    modes = SMOKE_MODES if args.smoke else MODES
+    if args.smoke:  # on either device
+        shape, args.rounds = SMOKE_SHAPE, 1
+    rows = profile(**shape, modes=modes, device=args.device, rounds=args.rounds, memory=not args.no_memory)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads\n")
     print(markdown(rows))
     trainlab = [r for r in rows if r["mode"] in ("bk", "flash", "fused", "ghost", "per_sample") and r["time_ratio"]]

@@ -3,7 +3,9 @@ batched computation, against the plain loop that trains one model at a time with
 torch.optim.SGD on data already in memory, side by side in one run (alternating rounds,
 medians); then the full job.
 
-    .venv/bin/python benchmarks/bench_ensemble.py [--runs 1000] [--steps 100] [--full-steps 1111]
+    .venv/bin/python benchmarks/bench_ensemble.py [--runs 1000] [--steps 100] [--full-steps 1111] [--smoke]
+
+`--smoke` runs the same code with 8 runs of a few steps, in seconds (tests).
 """
 
 import argparse
@@ -17,6 +19,8 @@ from trainlab.engine.ensemble import run_ensemble
 from trainlab.models import PooledMLP
 from trainlab.recipes.fault_recovery import default_source
 from trainlab.spec import load_spec
+
+from common import add_smoke_flag, fixed
 
 
 def spec_for(steps: int) -> dict:
@@ -55,7 +59,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternate the two this many times; medians are shown")
     parser.add_argument("--full-steps", type=int, default=1111)
     parser.add_argument("--data-dir")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.steps, args.loop_runs, args.rounds, args.full_steps = 8, 10, 2, 1, 20
     if args.data_dir:
         os.environ["TRAINLAB_DATA"] = os.path.abspath(args.data_dir)
     spec = spec_for(args.steps)
@@ -71,13 +78,13 @@ def main() -> None:
     print("| method | runs x steps | seconds | run-steps / s | speed-up |")
     print("|---|---|---|---|---|")
     print(f"| plain loop, one model at a time (timed on {args.loop_runs} runs, scaled; median of {args.rounds}) | {args.runs} x {args.steps} | "
-          f"{loop:.1f} | {rate(loop):,.0f} | 1.0x |")
-    print(f"| trainlab batched (median of {args.rounds}) | {args.runs} x {args.steps} | {batched:.1f} | {rate(batched):,.0f} | "
-          f"{loop / batched:.1f}x |", flush=True)
+          f"{fixed(loop, 1)} | {rate(loop):,.0f} | 1.0x |")
+    print(f"| trainlab batched (median of {args.rounds}) | {args.runs} x {args.steps} | {fixed(batched, 1)} | {rate(batched):,.0f} | "
+          f"{fixed(loop / batched, 1)}x |", flush=True)
     started = time.perf_counter()
     run_ensemble(spec_for(args.full_steps), args.runs, method="vmap", evaluate=False)
     full = time.perf_counter() - started
-    print(f"| trainlab batched, full job | {args.runs} x {args.full_steps} | {full:.1f} | "
+    print(f"| trainlab batched, full job | {args.runs} x {args.full_steps} | {fixed(full, 1)} | "
           f"{args.runs * args.full_steps / full:,.0f} | - |")
     print("\ngoals: at least 30x the plain loop's run-steps per second; the full job in under 60 s")
 

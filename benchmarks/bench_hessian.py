@@ -3,9 +3,10 @@ at initialisation and after training: Lanczos and SciPy eigsh against PyHessian-
 iteration, each measured in this run; and the cost of one Hessian-vector product against
 one gradient.
 
-    .venv/bin/python benchmarks/bench_hessian.py [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/bench_hessian.py [--data-dir ../shared/data] [--smoke]
 
 The reference values come from eigsh run to machine precision (tol 1e-14, 60 Lanczos vectors).
+`--smoke` runs the same code on a 16-16-10 MLP and 200 samples, in seconds (tests).
 """
 
 import argparse
@@ -20,12 +21,19 @@ from trainlab.curvature.hessian import HessianOperator, lanczos_basis, power_ite
 from trainlab.recipes.fault_recovery import default_source
 from trainlab.spec import load_spec
 
+from common import add_smoke_flag, fixed
 
-def operator(trained: bool):
-    spec = load_spec({"task": {"name": "mnist-mlp", "pool": 28, "hidden": [64], "n_train": 2000, "n_test": 100,
-                               "source": default_source()},
+# (task fields, training steps of the trained state): the real run, and a smoke run
+REAL = ({"pool": 28, "hidden": [64], "n_train": 2000}, 300)
+SMOKE = ({"pool": 4, "hidden": [16], "n_train": 200}, 30)
+
+
+def operator(trained: bool, size: tuple = REAL):
+    task, train_steps = size
+    spec = load_spec({"task": {"name": "mnist-mlp", **task, "n_test": 100, "source": default_source()},
                       "arms": [{"optimizer": "sgd", "lr": 0.1, "momentum": 0.9}],
-                      "plan": {"steps": 300 if trained else 1, "batch_size": 64, "dtype": "float64", "eval_every": 1000}})
+                      "plan": {"steps": train_steps if trained else 1, "batch_size": 64, "dtype": "float64",
+                               "eval_every": 1000}})
     trial = Trial(spec)
     if trained:
         trial.run()
@@ -41,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--power-budget", type=int, default=3000, help="most HVPs power iteration may use")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    size = SMOKE if args.smoke else REAL
     if args.data_dir:
         os.environ["TRAINLAB_DATA"] = os.path.abspath(args.data_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64\n")
@@ -50,9 +60,9 @@ def main() -> None:
     first = {}
     timing = None
     for trained in (False, True):
-        op, model, loss_fn, trial = operator(trained)
+        op, model, loss_fn, trial = operator(trained, size)
         reference, _, _ = top_eigenpairs(op, 5, method="eigsh", tol=1e-14, ncv=60)
-        state = "trained 300 steps" if trained else "initialisation"
+        state = f"trained {size[1]} steps" if trained else "initialisation"
         for name, run in [("Lanczos (trainlab), error bound 1e-6", lambda: top_eigenpairs(op, 5, tol=1e-6)[::2]),
                           ("SciPy eigsh, tol 1e-3, ncv 20", lambda: top_eigenpairs(op, 5, method="eigsh", tol=1e-3,
                                                                                  ncv=20)[::2]),
@@ -62,7 +72,7 @@ def main() -> None:
             values, products = run()
             seconds = time.perf_counter() - started
             error = np.max(np.abs(np.asarray(values) - reference) / np.abs(reference))
-            print(f"| {state} | {name} | {products} | {error:.1e} | {seconds:.1f} |", flush=True)
+            print(f"| {state} | {name} | {products} | {error:.1e} | {fixed(seconds, 1)} |", flush=True)
         first[state] = first_within(op, reference, 1e-6)
         if timing is None:
             timing = hvp_vs_gradient(op, model, loss_fn, trial)

@@ -2,7 +2,8 @@
 
 Both train the same arms (sgd, adam, muon) on the same batches of the offline MNIST digits,
 evaluating on the held-out split at the same cadence; the table shows the cost per arm-step
-and the ratio. Run: .venv/bin/python benchmarks/bench_trainer.py [--steps 600] [--repeats 3]
+and the ratio. Run: .venv/bin/python benchmarks/bench_trainer.py [--steps 600] [--repeats 3] [--smoke]
+(`--smoke`: 50 steps, once, so that evaluation still runs: the same code in seconds, for tests.)
 """
 
 import argparse
@@ -14,6 +15,8 @@ import torch
 from trainlab.engine import Trial
 from trainlab.optim import build_optimizer
 from trainlab.spec import load_spec
+
+from common import add_smoke_flag
 
 
 def make_spec(steps: int, dtype: str, hidden: int) -> dict:
@@ -29,7 +32,9 @@ def plain_loop(spec: dict) -> float:
     """What a one-off script would do: same data, same batches, same optimizers, no records."""
     trial = Trial(spec)  # only for its data, initial weights and optimizers
     models = [copy.deepcopy(arm.model) for arm in trial.arms]
-    optimizers = [build_optimizer(arm.spec, m) for arm, m in zip(trial.arms, models)]
+    # Muon reads each parameter's role from a forward pass: the same example inputs the trainer gives it
+    example = trial.example_inputs()
+    optimizers = [build_optimizer(arm.spec, m, example, trial.registries) for arm, m in zip(trial.arms, models)]
     loss_fn = torch.nn.functional.cross_entropy
     start = time.perf_counter()
     for step in range(1, spec["plan"]["steps"] + 1):
@@ -69,7 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats = 50, 1  # 50: one evaluation at eval_every, as in a real run
     torch.set_num_threads(torch.get_num_threads())
     print("| dtype | hidden | plain loop (us/arm-step) | trainlab (us/arm-step) | ratio trainlab/plain |")
     print("|---|---|---|---|---|")

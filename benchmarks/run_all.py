@@ -1,12 +1,18 @@
 """Run every benchmark and write docs/PERFORMANCE.md (what `make bench` does).
 
-    .venv/bin/python benchmarks/run_all.py [--gpu] [--output docs/PERFORMANCE.md] [--only NAME ...]
+    .venv/bin/python benchmarks/run_all.py [--gpu] [--smoke] [--output docs/PERFORMANCE.md] [--only NAME ...]
 
 Each benchmark runs in its own process, in CPU mode, with arguments that fit the whole run in
-about 15 minutes on 2 cores; its tables (trainlab's figure, the comparison measured in the same
-run, the ratio, the goal) are copied into one section per study, with the goal from its issue
-and the command that reproduces it. `--gpu` adds the GPU figures of the benchmarks that have a
-GPU mode. A benchmark that fails is reported with the end of its output, and the script exits 1.
+about 5 minutes on 2 cores (4.8 in the latest run); its tables (trainlab's figure, the
+comparison measured in the same run, the ratio, the goal) are copied into one section per
+study, with the goal from its issue and the command that reproduces it. `--gpu` adds the GPU
+figures of the benchmarks that have a GPU mode. A benchmark that fails is reported with the
+end of its output, and the script exits 1.
+
+`--smoke` passes --smoke on to every benchmark: the same code at a tiny size, about 75 seconds
+in all on 2 cores, to prove each still runs (tests/test_benchmarks.py does this in CI). Its
+figures measure nothing, so it never writes docs/PERFORMANCE.md: the table goes to --output,
+or to a new temporary folder. Paths are the script's own, so it runs from any working directory.
 """
 
 import argparse
@@ -15,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +29,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+PERFORMANCE = ROOT / "docs" / "PERFORMANCE.md"
 
 # (section, script, CPU arguments, GPU arguments or None, the goals from the issue)
 BENCHMARKS = [
@@ -58,6 +66,30 @@ def run(script: str, args: list[str]) -> tuple[int, str, float]:
         time.perf_counter() - started
 
 
+def output_path(asked: str | None, smoke: bool) -> Path:
+    """Where the table goes: docs/PERFORMANCE.md for a real run; never there for a smoke run,
+    whose figures measure nothing."""
+    if not smoke:
+        return Path(asked) if asked else PERFORMANCE
+    path = Path(asked) if asked else Path(tempfile.mkdtemp(prefix="trainlab-bench-smoke-")) / "PERFORMANCE.md"
+    if path.resolve() == PERFORMANCE.resolve():
+        raise SystemExit(f"--smoke: refusing to write smoke figures over {PERFORMANCE}")
+    return path
+
+
+def header(smoke: bool, gpu: bool, minutes: float) -> str:
+    device = torch.cuda.get_device_name(0) if gpu else "CPU only"
+    machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+               f"{device}; {minutes:.1f} minutes in all")
+    if smoke:
+        return (f"# Performance (smoke run)\n\nA smoke run of every benchmark (`benchmarks/run_all.py --smoke`) on "
+                f"{dt.date.today().isoformat()}: {machine}. Each ran at a tiny size to prove it still runs; "
+                "its figures measure nothing (docs/PERFORMANCE.md holds the real ones).\n\n")
+    return (f"# Performance\n\nEvery figure below was measured by `make bench` (benchmarks/run_all.py) on "
+            f"{dt.date.today().isoformat()}: {machine}. Each benchmark compares side "
+            "by side in one run and prints ratios; rerun one with the command under its heading.\n\n")
+
+
 def section(title: str, script: str, args: list[str], goal: str, code: int, output: str, seconds: float) -> str:
     command = " ".join([".venv/bin/python", f"benchmarks/{script}", *args])
     body = output.strip() if code == 0 else "**failed** (exit {}):\n\n```\n{}\n```".format(code, output.strip()[-3000:])
@@ -67,32 +99,33 @@ def section(title: str, script: str, args: list[str], goal: str, code: int, outp
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="also run the GPU figures (needs CUDA)")
-    parser.add_argument("--output", default=str(ROOT / "docs" / "PERFORMANCE.md"))
+    parser.add_argument("--smoke", action="store_true", help="every benchmark at a tiny size (tests); never "
+                                                                 "writes docs/PERFORMANCE.md")
+    parser.add_argument("--output", help=f"where the table goes (default: {PERFORMANCE.relative_to(ROOT)}; with "
+                                         "--smoke, a new temporary folder)")
     parser.add_argument("--only", nargs="+", metavar="SCRIPT", help="run only these scripts (e.g. bench_dp.py)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         print("--gpu: no CUDA device here", file=sys.stderr)
         return 2
+    output = output_path(args.output, args.smoke)
+    smoke = ["--smoke"] if args.smoke else []
     started = time.perf_counter()
     parts, failed = [], 0
     for title, script, cpu_args, gpu_args, goal in BENCHMARKS:
         if args.only and script not in args.only:
             continue
-        runs = [(title, cpu_args)] + ([(f"{title}, GPU", gpu_args)] if args.gpu and gpu_args else [])
+        runs = [(title, cpu_args + smoke)] + ([(f"{title}, GPU", gpu_args + smoke)] if args.gpu and gpu_args else [])
         for name, extra in runs:
             print(f"{name}: {script} {' '.join(extra)}", file=sys.stderr, flush=True)
-            code, output, seconds = run(script, extra)
+            code, text, seconds = run(script, extra)
             failed += code != 0
             print(f"  {'done' if code == 0 else 'FAILED'} in {seconds:.0f} s", file=sys.stderr, flush=True)
-            parts.append(section(name, script, extra, goal, code, output, seconds))
+            parts.append(section(name, script, extra, goal, code, text, seconds))
     total = time.perf_counter() - started
-    device = torch.cuda.get_device_name(0) if args.gpu else "CPU only"
-    header = (f"# Performance\n\nEvery figure below was measured by `make bench` (benchmarks/run_all.py) on "
-              f"{dt.date.today().isoformat()}: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}, {device}; {total / 60:.1f} minutes in all. Each benchmark compares side "
-              "by side in one run and prints ratios; rerun one with the command under its heading.\n\n")
-    Path(args.output).write_text(header + "\n".join(parts), encoding="utf-8")
-    print(f"wrote {args.output} ({total / 60:.1f} min)", file=sys.stderr)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(header(args.smoke, args.gpu, total / 60) + "\n".join(parts), encoding="utf-8")
+    print(f"wrote {output} ({total / 60:.1f} min)", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -256,3 +256,15 @@ def test_fault_recovery_pretraining_writes_stay_inside(tmp_path, outside, capsys
     (study / "pretraining").unlink()
     works(["resume", str(study)])
     assert untouched(outside) and (study / "pretrained.pt").is_file() and not (study / "pretrained.pt").is_symlink()
+
+
+def test_a_stream_hard_linked_to_a_file_outside_is_refused_not_emptied(tmp_path):
+    from trainlab.io import Anchor, UnsafePath
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    (tmp_path / "study").mkdir()
+    os.link(outside, tmp_path / "study" / "metrics.jsonl")
+    with pytest.raises(UnsafePath, match="hard links"):
+        (Anchor(tmp_path / "study") / "metrics.jsonl").open_stream()
+    assert outside.read_text() == "keep me"

@@ -150,9 +150,11 @@ def open_regular(folder: int, name: str, flags: int, path: Path) -> int:
     except OSError as exc:
         raise refusal(path, exc) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise UnsafePath(f"{path} is not a plain file ({kind_of(mode)}); remove it")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(f"{path} is not a plain file ({kind_of(info.st_mode)}); remove it")
+        if info.st_nlink > 1:  # a hard link: the same file may sit outside the study, and would be emptied
+            raise UnsafePath(f"{path} has other hard links (it may be a file outside the study); remove it")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
