@@ -270,14 +270,21 @@ class Anchor:
         finally:
             os.close(folder)
 
+    @contextlib.contextmanager
+    def _entry(self):
+        """The folder this name is in and what the name is there (its st_mode, never following
+        a link); (None, None) when either is missing."""
+        with self._in_parent(create=False) as folder:
+            try:
+                mode = None if folder is None else os.stat(self.name, dir_fd=folder, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                mode = None
+            yield (folder, mode) if mode is not None else (None, None)
+
     def unlink(self) -> None:
         """This file gone (a link: the link itself, never what it points to); a folder is refused."""
-        with self._in_parent(create=False) as folder:
-            if folder is None:
-                return
-            try:
-                mode = os.stat(self.name, dir_fd=folder, follow_symlinks=False).st_mode
-            except FileNotFoundError:
+        with self._entry() as (folder, mode):
+            if mode is None:
                 return
             if stat.S_ISDIR(mode):
                 raise UnsafePath(f"{self.path} is not a plain file (a folder), and trainlab keeps a file there; "
@@ -288,12 +295,8 @@ class Anchor:
     def remove_tree(self) -> None:
         """This folder and everything in it gone (a file or a link: just it). Links inside are
         removed, never followed."""
-        with self._in_parent(create=False) as folder:
-            if folder is None:
-                return
-            try:
-                mode = os.stat(self.name, dir_fd=folder, follow_symlinks=False).st_mode
-            except FileNotFoundError:
+        with self._entry() as (folder, mode):
+            if mode is None:
                 return
             if stat.S_ISDIR(mode):
                 shutil.rmtree(self.name, dir_fd=folder)  # descriptor-based: never follows a link
