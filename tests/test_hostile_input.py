@@ -260,7 +260,8 @@ json_values = st.recursive(hostile_scalars.filter(lambda v: not (isinstance(v, f
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(target=st.sampled_from(["study.json", "trials/trial_0000/summary.json", "trials/trial_0000/config.json",
                                "trials/trial_0001/metrics.jsonl"]),
-       content=st.one_of(json_values.map(lambda v: __import__("json").dumps(v)), st.binary(max_size=64)),
+       content=st.one_of(json_values.map(lambda v: __import__("json").dumps(v)), st.binary(max_size=64),
+                         st.integers(101, 3000).map(lambda depth: "[" * depth + "]" * depth)),  # past the bound
        command=st.sampled_from(["report", "load", "monitor", "resume"]))
 def test_store_files_of_any_shape_never_end_in_a_traceback(tmp_path_factory, capsys, no_training, finished_study,
                                                             target, content, command):
@@ -285,3 +286,284 @@ def test_store_files_of_any_shape_never_end_in_a_traceback(tmp_path_factory, cap
     assert code in (0, 2) and "Traceback" not in err, f"exit {code}: {err}"
     if code == 2:
         assert len([line for line in err.splitlines() if line.startswith("trainlab: error")]) == 1, err
+
+
+# ---------------------------------------------------------------- a damaged store: one line, exit 2, never a hang
+
+
+class Hang(BaseException):
+    """Not an Exception: nothing under test can catch it and pass for a clean exit."""
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fail instead of hanging: the alarm interrupts a blocked open() or read()."""
+    import signal
+
+    def expired(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def damaged(tmp_path, study: Path, damage) -> Path:
+    """A copy of `study` with `damage(copy)` done to it."""
+    import shutil
+
+    copy = tmp_path / "copy" / study.name
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    shutil.copytree(study, copy)
+    damage(copy)
+    return copy
+
+
+def command_line(command: str, study: Path) -> list[str]:
+    return {"report": ["report", str(study)], "resume": ["resume", str(study), "--quiet"],
+            "diagnose": ["diagnose", str(study)],
+            "monitor": ["monitor", str(study), "--static", "--output", str(study.parent / "m.png")]}[command]
+
+
+def outcome(capsys, command: str, study: Path, seconds: float = 5) -> tuple[int, str]:
+    """Exit code and stderr of a command on `study` (`load`: the Python API, a UserError as exit 2)."""
+    import trainlab
+    from trainlab.cli import configure_logging
+
+    capsys.readouterr()
+    with within(seconds):
+        if command == "load":
+            configure_logging(quiet=True)  # warnings to this test's stderr, as the CLI sends them
+            try:
+                trainlab.load(study), trainlab.load_summaries(study)
+                code = 0
+            except trainlab.UserError as err:
+                print(f"trainlab: error: {err}", file=__import__("sys").stderr)
+                code = 2
+        else:
+            code = main(command_line(command, study))
+    return code, capsys.readouterr().err
+
+
+def refused(code: int, err: str, *fragments: str) -> None:
+    """Exit 2, one line on stderr, no traceback, and the line says what is wrong."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("trainlab: error: "), f"exit {code}: {err}"
+    assert "Traceback" not in err and all(f in lines[0] for f in fragments), err
+
+
+def clean(code: int, err: str) -> None:
+    """The damage was tolerable: exit 0, perhaps warnings, no error and no traceback."""
+    assert code == 0 and "Traceback" not in err and "error" not in err, f"exit {code}: {err}"
+
+
+TRIAL = "trials/trial_0000"
+DEEP = "[" * 5000 + "]" * 5000  # past the JSON parser's recursion limit
+
+
+def replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("command", ["report", "monitor", "resume", "load"])
+def test_a_fifo_for_a_metrics_stream_is_refused_at_once(tmp_path, capsys, finished_study, command):
+    study = damaged(tmp_path, finished_study, lambda s: replace_with_fifo(s / TRIAL / "metrics.jsonl"))
+    refused(*outcome(capsys, command, study, seconds=5), "metrics.jsonl is a FIFO, not a plain file")
+
+
+@pytest.mark.parametrize("command", ["report", "monitor", "diagnose", "resume", "load"])
+def test_json_nested_past_the_parser_in_study_json_is_one_line(tmp_path, capsys, finished_study, command):
+    study = damaged(tmp_path, finished_study, lambda s: (s / "study.json").write_text('{"spec": ' + DEEP + "}"))
+    code, err = outcome(capsys, command, study)
+    if command == "monitor" and code == 0:  # the monitor still draws the streams it finds
+        return clean(code, err)
+    refused(code, err, "study.json", "nested deeper than")
+
+
+@pytest.mark.parametrize("command", ["report", "monitor", "resume", "load"])
+def test_a_metrics_line_nested_past_the_parser_is_skipped_as_garbled(tmp_path, capsys, finished_study, command):
+    def deep_line(study):
+        stream = study / TRIAL / "metrics.jsonl"
+        stream.write_text(stream.read_text() + '{"kind": "eval", "arm": "sgd", "step": 2, "x": ' + DEEP + "}\n")
+
+    study = damaged(tmp_path, finished_study, deep_line)
+    clean(*outcome(capsys, command, study))
+    if command == "load":
+        import trainlab
+
+        assert "x" not in trainlab.load(study).columns  # the deep line is not among the records
+
+
+@pytest.fixture(scope="module")
+def checkpoint_study(tmp_path_factory):
+    """A tiny reference-3blob study with a checkpoint every epoch: what `diagnose` reads."""
+    from trainlab import run_study
+    from trainlab.spec import load_spec
+
+    root = tmp_path_factory.mktemp("checkpoints") / "runs"
+    spec = load_spec("reference-3blob", ["task.dim=32", "task.hidden=16", "task.samples_per_epoch=2000",
+                                         "task.n_val=300", "plan.epochs=2", "plan.batch_size=200",
+                                         "plan.eval_every=10", "probes.0.pairs=300", "probes.0.min_cluster_size=15",
+                                         f"output.root={root}", "output.report=none"])
+    return run_study(spec, quiet=True)
+
+
+@pytest.mark.parametrize("where", ["study.json", f"{TRIAL}/config.json", f"{TRIAL}/summary.json",
+                                   f"{TRIAL}/metrics.jsonl"])
+def test_diagnose_on_deeply_nested_json(tmp_path, capsys, checkpoint_study, where):
+    study = damaged(tmp_path, checkpoint_study, lambda s: (s / where).write_text('{"x": ' + DEEP + "}\n"))
+    code, err = outcome(capsys, "diagnose", study, seconds=60)
+    if where == "study.json":
+        refused(code, err, "study.json", "nested deeper than")
+    else:  # a trial's config or summary it cannot read: the analysis falls back to defaults
+        clean(code, err)
+
+
+def folder_for(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def file_for(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+    path.write_text("not a folder\n")
+
+
+@pytest.mark.parametrize("command", ["report", "monitor", "resume", "load"])
+@pytest.mark.parametrize("damage, says", [
+    (lambda s: folder_for(s / TRIAL / "metrics.jsonl"), "metrics.jsonl is a folder, not a plain file"),
+    (lambda s: folder_for(s / TRIAL / "summary.json"), "summary.json is a folder"),
+    (lambda s: file_for(s / "trials" / "trial_0001"), "trial_0001 is "),
+], ids=["metrics-a-folder", "summary-a-folder", "trial-folder-a-file"])
+def test_a_folder_for_a_file_or_a_file_for_a_folder_is_one_line(tmp_path, capsys, finished_study, command, damage,
+                                                                says):
+    study = damaged(tmp_path, finished_study, damage)
+    code, err = outcome(capsys, command, study)
+    if command == "monitor" and code == 0:  # a summary the monitor only looks for (finished or not)
+        return clean(code, err)
+    refused(code, err, says)
+
+
+def edit_summary(study: Path, **arm_fields) -> None:
+    import json
+
+    path = study / TRIAL / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["arms"]["sgd"].update(arm_fields)
+    path.write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("command", ["report", "resume", "load"])
+def test_a_summary_number_given_as_text_or_a_list_is_missing_with_a_warning(tmp_path, capsys, finished_study,
+                                                                            command):
+    study = damaged(tmp_path, finished_study, lambda s: edit_summary(
+        s, final_test_loss="abc", final_test_accuracy=[1], diverged="no", param_groups=[1], privacy="x"))
+    code, err = outcome(capsys, command, study)
+    clean(code, err)
+    assert "final_test_loss is 'abc', not a number: taken as missing" in err
+    if command == "load":
+        import trainlab
+
+        rows = trainlab.load_summaries(study)
+        sgd = rows[(rows["trial"] == 0) & (rows["arm"] == "sgd")].iloc[0]
+        assert math.isnan(sgd["final_test_loss"]) and math.isnan(sgd["final_test_accuracy"])
+        assert not sgd["diverged"]
+    elif command == "report":
+        assert "| sgd |" in (study / "report.md").read_text()
+
+
+def non_finite_values(study: Path) -> None:
+    """NaN and infinity tokens (as a diverged run writes them), a value near the float maximum
+    and an int past it, in every trial's metrics."""
+    for stream in (study / "trials").glob("*/metrics.jsonl"):
+        lines = stream.read_text().splitlines()
+        tokens = ["NaN", "Infinity", "-Infinity", "1e308", "9" * 400]
+        stream.write_text("\n".join(line.replace('"loss": ', f'"loss": {tokens[i % 5]}, "was": ', 1)
+                                    for i, line in enumerate(lines)) + "\n")
+
+
+@pytest.mark.parametrize("command", ["monitor", "report", "load"])
+def test_nan_and_infinity_in_metrics_are_gaps_not_failures(tmp_path, capsys, finished_study, command):
+    study = damaged(tmp_path, finished_study, non_finite_values)
+    assert "NaN" in (study / TRIAL / "metrics.jsonl").read_text()
+    clean(*outcome(capsys, command, study, seconds=60))
+    if command == "monitor":
+        assert (study.parent / "m.png").stat().st_size > 0
+
+
+def test_report_on_a_full_disk_is_one_line(tmp_path, capsys, finished_study, monkeypatch):
+    import errno
+
+    study = damaged(tmp_path, finished_study, lambda s: None)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # every store write is fsynced before it is renamed into place
+    refused(*outcome(capsys, "report", study, seconds=60), "No space left on device")
+    assert not list(study.rglob("*.tmp")), "a failed write left its temporary file"
+
+
+@pytest.mark.parametrize("output", ["/proc/nope.png", "{study}/study.json/m.png"], ids=["proc", "below-a-file"])
+def test_monitor_output_in_an_unwritable_place_is_one_line(tmp_path, capsys, finished_study, output):
+    study = damaged(tmp_path, finished_study, lambda s: None)
+    capsys.readouterr()
+    code = main(["monitor", str(study), "--static", "--output", output.format(study=study)])
+    err = capsys.readouterr().err
+    refused(code, err, "/proc" if output.startswith("/proc") else "study.json")
+
+
+def fault_experiment(folder: Path, trial: Path, **files) -> Path:
+    """An experiment folder made of a plain trial's config.json and the files a fault experiment
+    adds, each replaceable by `files` (bytes, or a callable that damages the path)."""
+    import json
+    import shutil
+
+    folder.mkdir(parents=True)
+    shutil.copy(trial / "config.json", folder / "config.json")
+    (folder / "results.json").write_text(json.dumps({"experiment": 0, "arms": {}}))
+    (folder / "injection_config.json").write_text(json.dumps({"arms": {}}))
+    for name, content in files.items():
+        name = name.replace("_json", ".json").replace("_npz", ".npz")
+        if callable(content):
+            (folder / name).touch()
+            content(folder / name)
+        else:
+            (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize("files, says", [
+    ({}, "injects no fault"),
+    ({"config_json": b"[1, 2]"}, "config.json is not a JSON object"),
+    ({"config_json": b'{"index": 0, "spec": "/etc/passwd"}'}, "needs an integer index and a spec"),
+    ({"config_json": b'{"index": "0", "spec": {}}'}, "needs an integer index and a spec"),
+    ({"config_json": b'{"index": 0, "spec": {"name": 3}}'}, "config.json: its spec is not valid: name"),
+    ({"results_json": DEEP.encode()}, "results.json cannot be read: JSON nested deeper than"),
+    ({"results_json": b"{not json"}, "results.json cannot be read"),
+    ({"results_json": folder_for}, "no results.json"),
+    ({"injection_config_json": b'{"arms": [1]}'}, "injection_config.json: no record per arm"),
+    ({"injection_batch_npz": b"PK\x03\x04 torn"}, "injection_batch.npz cannot be read as an injection batch"),
+    ({"injection_batch_npz": replace_with_fifo}, "injection_batch.npz is a FIFO"),
+], ids=["no-fault", "config-a-list", "spec-a-path", "index-text", "spec-invalid", "results-deep", "results-garbled",
+        "results-a-folder", "injection-arms-a-list", "batch-torn", "batch-a-fifo"])
+def test_fault_replay_checks_its_experiment_before_it_trains(tmp_path, capsys, finished_study, monkeypatch, files,
+                                                             says):
+    import trainlab.recipes.fault_recovery as fault_recovery
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("replay trained before it had checked its inputs")
+
+    monkeypatch.setattr(fault_recovery, "Trial", no_training)
+    folder = fault_experiment(tmp_path / "lone" / "experiment_000", finished_study / TRIAL, **files)
+    capsys.readouterr()
+    with within(30):
+        code = main(["fault", "replay", str(folder)])
+    refused(code, capsys.readouterr().err, says)

@@ -74,7 +74,7 @@ def os_error(exc: OSError) -> str:
     """'<path>: <why>' (both paths of a rename), or what the error says when it names no path."""
     # a descriptor number is no path to show (os.fdopen puts one in filename)
     paths = [os.fsdecode(p) for p in (exc.filename, exc.filename2) if isinstance(p, (str, bytes, os.PathLike))]
-    text = f"{' -> '.join(paths)}: {exc.strerror or exc}" if paths else str(exc)
+    text = f"{' -> '.join(paths)}: {exc.strerror or exc}" if paths else exc.strerror or str(exc)
     return " ".join(text.split())
 
 

@@ -149,12 +149,22 @@ def open_regular(folder: int, name: str, flags: int, path: Path) -> int:
         fd = os.open(name, flags | NOFOLLOW | NONBLOCK | CLOEXEC, 0o666, dir_fd=folder)
     except OSError as exc:
         raise refusal(path, exc) from None
-    try:
-        info = os.fstat(fd)
+    def refuse(info):
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(f"{path} is not a plain file ({kind_of(info.st_mode)}); remove it")
+            return UnsafePath(f"{path} is not a plain file ({kind_of(info.st_mode)}); remove it")
         if info.st_nlink > 1:  # a hard link: the same file may sit outside the study, and would be emptied
-            raise UnsafePath(f"{path} has other hard links (it may be a file outside the study); remove it")
+            return UnsafePath(f"{path} has other hard links (it may be a file outside the study); remove it")
+        return None
+    return checked_descriptor(fd, refuse)
+
+
+def checked_descriptor(fd: int, refuse) -> int:
+    """`fd`, made blocking again, unless `refuse(fstat of fd)` names an error: then it is closed
+    and that error raised. Checking the open descriptor itself leaves no gap between check and use."""
+    try:
+        error = refuse(os.fstat(fd))
+        if error is not None:
+            raise error
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -412,15 +422,8 @@ def open_plain(path) -> int:
         fd = os.open(path, os.O_RDONLY | NONBLOCK | CLOEXEC)
     except NotADirectoryError:
         raise NotAFile(f"{file_above(path)} is a file where a folder should be; remove it") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotAFile(f"{path} is {kind_of(mode)}, not a plain file; remove it")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return checked_descriptor(fd, lambda info: None if stat.S_ISREG(info.st_mode) else
+                              NotAFile(f"{path} is {kind_of(info.st_mode)}, not a plain file; remove it"))
 
 
 def file_above(path) -> Path:

@@ -39,7 +39,7 @@ from ..curvature.hessian import has_batchnorm
 from ..engine import Hook, Trial
 from ..engine.ensemble import flat_params, run_ensemble
 from ..errors import UserError, spec_error_from_pydantic
-from ..io import Anchor, anchor_at, atomic_write_json, read_json
+from ..io import Anchor, anchor_at, read_json
 from ..options import Strict
 from ..plugin import register_command, register_job
 from ..spec import load_spec, parse_set, set_path

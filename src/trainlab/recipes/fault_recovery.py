@@ -465,7 +465,10 @@ def replay(experiment_dir: str | Path, threads: int | None = None) -> tuple[bool
     folder = Path(experiment_dir)
     config, stored, stored_injection, stored_batch = experiment_inputs(folder)
     study = study_of(folder, config)
-    spec = load_spec(config["spec"])
+    try:
+        spec = load_spec(config["spec"])
+    except SpecError as err:  # said of the file it came from
+        raise UserError(f"{folder / 'config.json'}: its spec is not valid: {err}") from None
     if not spec["events"] or spec["events"][0]["kind"] != "fault":
         raise UserError(f"{folder / 'config.json'}: its spec injects no fault (events.0 is not kind: fault); "
                         "not a fault experiment")
